@@ -1,0 +1,1 @@
+"""Video data: decoding, dataset layouts, the synthetic dataset, Grain pipelines."""

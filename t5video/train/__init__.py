@@ -1,0 +1,1 @@
+"""Training engine: mesh and sharding rules, optimizers, checkpoints, the trainer."""
