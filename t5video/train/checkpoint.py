@@ -1,0 +1,218 @@
+"""Orbax checkpoints of a run: train state, Grain iterator and config, kept N + best.
+
+Layout of ``WORKDIR/checkpoints/<step>/``:
+  ``state/``   the train state (params, optimizer state, step, counters), saved
+               sharded with ``StandardSave`` and restored onto any sharding;
+  ``data/``    the Grain iterator's state (one file per process), so a resumed
+               run sees exactly the batches it would have seen;
+  ``config/``  the run's config as JSON, for the record.
+
+Orbax writes each step into a temporary directory and renames it when complete,
+so a process killed mid-write leaves the previous checkpoint as the latest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint._src.checkpoint_managers import preservation_policy as preservation_lib
+
+from t5video.train import optim as optim_lib
+
+
+class Checkpointer:
+  """A ``CheckpointManager`` with the items ``state``, ``data`` and ``config``.
+
+  Keeps the ``max_to_keep`` latest checkpoints, plus (when ``best_metric`` is
+  set) the best one by that metric among those saved with metrics.
+
+  Args:
+    directory: where the numbered step directories live.
+    max_to_keep: how many of the latest checkpoints to keep (>= 1).
+    best_metric: name of a metric passed to :meth:`save` ('' = no best tracking).
+    best_mode: 'max' or 'min'.
+    async_save: write in a background thread (the step loop continues).
+  """
+
+  def __init__(self, directory: str, *, max_to_keep: int = 3, best_metric: str = "",
+               best_mode: str = "max", async_save: bool = True):
+    if max_to_keep < 1:
+      raise ValueError(f"train.max_to_keep must be >= 1, got {max_to_keep}")
+    if best_mode not in ("max", "min"):
+      raise ValueError(f"train.best_mode must be 'max' or 'min', got {best_mode!r}")
+    self.directory = os.path.abspath(directory)
+    self.best_metric = best_metric
+    policies: list[Any] = [preservation_lib.LatestN(n=max_to_keep)]
+    best_fn = None
+    if best_metric:
+      best_fn = lambda metrics: float(metrics[best_metric])  # noqa: E731
+      policies.append(preservation_lib.BestN(
+          get_metric_fn=best_fn, reverse=(best_mode == "min"), n=1,
+          keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        create=True, best_fn=best_fn, best_mode=best_mode,
+        preservation_policy=preservation_lib.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save,
+        # Steps left half-written by a killed process are removed on start.
+        cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "data": grain.checkpoint.CheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+        })
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint's step, or None."""
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The best checkpoint's step by ``best_metric`` (the latest if none tracked)."""
+    return self.manager.best_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state, *, data_iter=None, config=None,
+           metrics: dict[str, float] | None = None, force: bool = True) -> bool:
+    """Starts saving ``state`` (and the iterator / config) at ``step``.
+
+    Returns immediately when saving asynchronously; call :meth:`wait` to block.
+    ``metrics`` (e.g. eval results) rank the checkpoint for best-keeping; if
+    ``best_metric`` is set but missing from a given ``metrics``, that is an error.
+    """
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    if config is not None:
+      items["config"] = ocp.args.JsonSave(_config_to_json(config))
+    if metrics is not None:
+      metrics = {k: float(v) for k, v in metrics.items()}
+      if self.best_metric and self.best_metric not in metrics:
+        raise KeyError(f"train.best_metric={self.best_metric!r} is not among the eval metrics "
+                       f"{sorted(metrics)}")
+    return self.manager.save(int(step), args=ocp.args.Composite(**items),
+                             metrics=metrics if metrics else None, force=force)
+
+  def restore(self, step: int, abstract_state, *, data_iter=None):
+    """Restores the state onto the shardings of ``abstract_state``'s leaves.
+
+    Args:
+      step: which checkpoint.
+      abstract_state: a tree of ``jax.ShapeDtypeStruct(shape, dtype, sharding=...)``.
+      data_iter: if given, its state is set from the checkpoint (in place).
+
+    Returns:
+      The restored state.
+    """
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
+    return restored.state
+
+  def wait(self) -> None:
+    """Blocks until any asynchronous save has finished."""
+    self.manager.wait_until_finished()
+
+  def reached_preemption(self, step: int) -> bool:
+    """True where JAX's preemption sync point says every host should save now."""
+    return self.manager.reached_preemption(int(step))
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _config_to_json(config) -> dict:
+  if hasattr(config, "to_json_best_effort"):
+    return json.loads(config.to_json_best_effort())
+  return json.loads(json.dumps(config, default=repr))
+
+
+def _find_state_dir(path: str) -> str:
+  """Finds the params-holding PyTree directory below a workdir / manager / step dir."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"init_from.path {path!r} is not a directory")
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  steps = [int(d) for d in os.listdir(path) if d.isdigit() and os.path.isdir(os.path.join(path, d))]
+  if steps:
+    path = os.path.join(path, str(max(steps)))
+  if os.path.isdir(os.path.join(path, "state")):
+    path = os.path.join(path, "state")
+  return path
+
+
+def load_params_by_regex(params, path: str, regex: str = ".*"):
+  """Replaces the leaves of ``params`` whose path matches ``regex`` by saved ones.
+
+  Args:
+    params: the (unboxed, possibly sharded) params of the run.
+    path: a t5video workdir, its ``checkpoints/`` dir, one step dir, or a bare
+      Orbax PyTree directory. A saved train state's ``params`` subtree is used
+      when present.
+    regex: searched in each '/'-joined param path; unmatched params keep their
+      initial values.
+
+  Returns:
+    ``params`` with the matched leaves loaded, each on its original sharding.
+
+  Raises:
+    ValueError: when nothing matches, or a matched leaf's shape differs.
+  """
+  directory = _find_state_dir(path)
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(directory)
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  prefix: tuple[str, ...] = ()
+  if isinstance(tree, dict) and "params" in tree and "opt_state" in tree:
+    tree, prefix = tree["params"], ("params",)
+  saved = {optim_lib.path_str(p): m for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  pattern = re.compile(regex)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  wanted = {}
+  for p, leaf in leaves:
+    name = optim_lib.path_str(p)
+    if pattern.search(name) and name in saved:
+      if tuple(saved[name].shape) != tuple(leaf.shape):
+        raise ValueError(f"init_from {directory}: {name} has shape {tuple(saved[name].shape)} in the "
+                         f"checkpoint but {tuple(leaf.shape)} in the model")
+      wanted[name] = saved[name]
+  if not wanted:
+    raise ValueError(f"init_from {directory}: no saved parameter matches regex {regex!r} "
+                     f"(saved e.g. {sorted(saved)[:5]})")
+
+  item: dict = {}
+  for name in wanted:
+    node = item
+    parts = prefix + tuple(name.split("/"))
+    for part in parts[:-1]:
+      node = node.setdefault(part, {})
+    node[parts[-1]] = ocp.RestoreArgs(restore_type=np.ndarray)
+  restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=item, partial_restore=True))
+  flat = {optim_lib.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
+  out = []
+  for p, leaf in leaves:
+    name = optim_lib.path_str(p)
+    key = "/".join(prefix + (name,))
+    if name in wanted:
+      value = np.asarray(flat[key]).astype(leaf.dtype)
+      out.append(jax.device_put(value, leaf.sharding) if hasattr(leaf, "sharding") else value)
+    else:
+      out.append(leaf)
+  logging.info("init_from %s: loaded %d of %d param arrays (regex %r)", directory, len(wanted),
+               len(leaves), regex)
+  return jax.tree_util.tree_unflatten(treedef, out)

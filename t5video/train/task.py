@@ -1,0 +1,114 @@
+"""The contract between a recipe and the trainer.
+
+A recipe (CaptionT5, ViFi-CLIP, ...) subclasses :class:`Task` and says *what*
+is trained: how params are initialised, what a batch looks like and how it is
+sharded, where the data comes from, the loss, and how to evaluate. The trainer
+(:mod:`t5video.train.trainer`) decides *how*: mesh, sharding, optimizer,
+checkpoints and the loop.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from typing import Any, Iterator
+
+import jax
+
+from t5video.train import checkpoint as checkpoint_lib
+
+Params = Any
+Batch = dict[str, Any]
+
+# Short names for the recipes; any 'package.module:ClassName' string works too.
+TASKS: dict[str, str] = {
+    "captiont5": "t5video.recipes.captiont5:CaptionT5Task",
+    "vificlip": "t5video.recipes.vificlip:ViFiCLIPTask",
+}
+
+
+class Task(abc.ABC):
+  """What a recipe gives the trainer. Constructed as ``Task(config)``.
+
+  Subclasses must implement the abstract ``init_params``, ``batch_spec``,
+  ``train_loader`` and ``loss_fn``; ``load_pretrained``, ``evaluate`` and ``flops_per_example``
+  have working defaults.
+  """
+
+  def __init__(self, config):
+    self.config = config
+    # The run directory; the trainer sets it right after construction, before
+    # ``train_loader`` / ``evaluate`` are called (None outside a run).
+    self.workdir: str | None = None
+
+  @abc.abstractmethod
+  def init_params(self, rng: jax.Array) -> Params:
+    """Returns freshly initialised params, boxed with ``nn.with_logical_partitioning``.
+
+    Called under ``jax.eval_shape`` (to read shapes and logical axes) and
+    inside ``jax.jit(..., out_shardings=...)``; it must be pure.
+    """
+
+  @abc.abstractmethod
+  def batch_spec(self) -> dict[str, tuple]:
+    """Logical axes of every batch key, the first always ``'act_batch'``.
+
+    Example: ``{'frames': ('act_batch', 'act_frames', None, None, None),
+    'labels': ('act_batch', 'act_len')}``.
+    """
+
+  @abc.abstractmethod
+  def train_loader(self, *, seed: int, process_index: int, process_count: int,
+                   batch_size: int) -> Iterator[Batch]:
+    """An endless iterator of this process's batches (``batch_size`` rows each).
+
+    It must have ``get_state()`` / ``set_state()`` (a Grain ``DatasetIterator``
+    or ``DataLoader`` iterator) so that checkpoints resume mid-epoch, and
+    yield dicts of numpy arrays with exactly the keys of ``batch_spec``.
+    """
+
+  @abc.abstractmethod
+  def loss_fn(self, params: Params, batch: Batch, rng: jax.Array, *,
+              train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns ``(scalar loss, {name: scalar metric})``; pure and jittable.
+
+    The loss should be a mean over the examples of ``batch``: the trainer
+    averages it over micro-batches.
+    """
+
+  def load_pretrained(self, params: Params, init_from) -> Params:
+    """Merges pretrained params into ``params`` (unboxed, already sharded).
+
+    Default: restore params from the Orbax checkpoint at ``init_from.path``
+    (a t5video workdir or checkpoint directory, or a bare PyTree checkpoint)
+    and take every leaf whose '/'-joined path matches ``init_from.regex``.
+    Recipes override this to read converted Hugging Face weights.
+    """
+    return checkpoint_lib.load_params_by_regex(params, init_from.path, init_from.get("regex", ".*"))
+
+  def evaluate(self, params: Params, *, step: int, workdir: str) -> dict[str, float]:
+    """Host-side evaluation; returns scalar metrics. Default: no evaluation."""
+    del params, step, workdir
+    return {}
+
+  def flops_per_example(self) -> float | None:
+    """Training FLOPs (forward + backward) per example, or None for XLA's estimate."""
+    return None
+
+
+def get_task(name: str) -> type[Task]:
+  """Resolves a short name from :data:`TASKS` or a ``'module:ClassName'`` string."""
+  target = TASKS.get(name, name)
+  if ":" not in target:
+    raise ValueError(f"unknown task {name!r}: use one of {sorted(TASKS)} or 'package.module:ClassName'")
+  module_name, class_name = target.split(":", 1)
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ValueError(f"task {name!r}: cannot import module {module_name!r}: {e}") from e
+  cls = getattr(module, class_name, None)
+  if cls is None:
+    raise ValueError(f"task {name!r}: module {module_name!r} has no class {class_name!r}")
+  if not (isinstance(cls, type) and issubclass(cls, Task)):
+    raise ValueError(f"task {name!r}: {target} is not a subclass of t5video.train.task.Task")
+  return cls

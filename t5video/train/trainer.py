@@ -1,0 +1,628 @@
+"""The trainer: one readable loop that every recipe runs on.
+
+Read top to bottom: config → mesh → model and optimizer → shard → step →
+checkpoint → eval → loop. A recipe supplies a :class:`~t5video.train.task.Task`;
+``train(config, workdir)`` does the rest:
+
+* the mesh ``('data', 'fsdp', 'tensor')`` comes from ``config.mesh.shape``;
+  logical axes map onto it with ``sharding.DEFAULT_RULES`` overridden by
+  ``config.sharding.rules``;
+* the state is created already sharded: ``jax.eval_shape`` → logical specs →
+  ``NamedSharding`` → ``jax.jit(init, out_shardings=...)``;
+* one jitted ``train_step`` with explicit in/out shardings and the state
+  donated; micro-batches accumulate gradients in a ``lax.scan``; a non-finite
+  loss or gradient skips the update inside the step and is counted;
+* Orbax checkpoints hold state, data iterator and config; a run resumes from
+  its workdir (resume > ``init_from`` > scratch); SIGTERM saves and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import gc
+import os
+import re
+import signal
+import threading
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
+
+from t5video.train import checkpoint as checkpoint_lib
+from t5video.train import distributed
+from t5video.train import logging as log_lib
+from t5video.train import optim as optim_lib
+from t5video.train import sharding as sharding_lib
+from t5video.train import task as task_lib
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class NonFiniteLossError(RuntimeError):
+  """Raised when ``train.max_nonfinite`` steps in a row had a non-finite loss/gradient."""
+
+
+# =============================================================================
+# Config
+# =============================================================================
+
+def default_config() -> ml_collections.ConfigDict:
+  """The engine's keys with their defaults; a recipe adds ``model``, ``data``, ``eval``.
+
+  Every key listed here is type-checked by :func:`validate_config`; unknown
+  keys in these sections are errors (a misspelt key would otherwise be ignored).
+  """
+  c = ml_collections.ConfigDict()
+  c.task = ""
+  c.seed = 0
+  c.mesh = ml_collections.ConfigDict({"shape": (-1, 1, 1)})
+  c.sharding = ml_collections.ConfigDict({"rules": ()})
+  c.train = ml_collections.ConfigDict({
+      "num_steps": 1000,
+      "batch_size": 8,
+      "micro_batches": 1,
+      "log_every": 50,
+      "eval_every": 0,
+      "checkpoint_every": 500,
+      "max_to_keep": 3,
+      "best_metric": "",
+      "best_mode": "max",
+      "max_nonfinite": 10,
+      "dtype": "float32",
+      "progress": True,
+  })
+  c.optim = ml_collections.ConfigDict({
+      "name": "adamw",
+      "learning_rate": 1e-3,
+      "schedule": "cosine",
+      "warmup_steps": 0,
+      "weight_decay": 0.0,
+      "clip_norm": 1.0,
+      "b1": 0.9,
+      "b2": 0.999,
+      "eps": 1e-8,
+      "param_groups": (),
+      "freeze": "",
+      "trainable": "",
+  })
+  c.init_from = ml_collections.ConfigDict({"path": "", "regex": ".*"})
+  return c
+
+
+def _type_ok(value, default) -> bool:
+  if isinstance(default, bool):
+    return isinstance(value, bool)
+  if isinstance(default, int):
+    return isinstance(value, int) and not isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, str):
+    return isinstance(value, str)
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return True
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the engine's part of ``config`` before anything heavy starts.
+
+  Raises:
+    ValueError: a missing or unknown key, a wrong type or an out-of-range value;
+      the message names the key (``train.batch_size`` ...).
+  """
+  defaults = default_config()
+  for top in ("task", "seed"):
+    if top not in config:
+      raise ValueError(f"config has no {top!r} key")
+  if not isinstance(config.task, str) or not config.task:
+    raise ValueError(f"config.task must name a task ({sorted(task_lib.TASKS)} or 'module:Class'), "
+                     f"got {config.task!r}")
+  if not _type_ok(config.seed, 0):
+    raise ValueError(f"config.seed must be an int, got {config.seed!r}")
+  for section in ("mesh", "sharding", "train", "optim", "init_from"):
+    if section not in config:
+      raise ValueError(f"config has no {section!r} section (start from trainer.default_config())")
+    given, known = config[section], defaults[section]
+    for key in given.keys():
+      if key not in known:
+        hint = difflib.get_close_matches(key, list(known.keys()), n=1)
+        raise ValueError(f"unknown config key {section}.{key}"
+                         + (f"; did you mean {section}.{hint[0]}?" if hint else
+                            f"; known: {sorted(known.keys())}"))
+    for key in known.keys():
+      if key not in given:
+        raise ValueError(f"config key {section}.{key} is missing")
+      if not _type_ok(given[key], known[key]):
+        raise ValueError(f"config key {section}.{key} must be of type {type(known[key]).__name__}, "
+                         f"got {given[key]!r} ({type(given[key]).__name__})")
+  t = config.train
+  for key in ("num_steps", "batch_size", "micro_batches", "log_every", "max_to_keep", "max_nonfinite"):
+    if t[key] < 1:
+      raise ValueError(f"train.{key} must be >= 1, got {t[key]}")
+  for key in ("eval_every", "checkpoint_every"):
+    if t[key] < 0:
+      raise ValueError(f"train.{key} must be >= 0 (0 = only at the end), got {t[key]}")
+  if t.batch_size % t.micro_batches:
+    raise ValueError(f"train.batch_size={t.batch_size} is not divisible by "
+                     f"train.micro_batches={t.micro_batches}")
+  if t.best_mode not in ("max", "min"):
+    raise ValueError(f"train.best_mode must be 'max' or 'min', got {t.best_mode!r}")
+  if t.dtype not in DTYPES:
+    raise ValueError(f"train.dtype must be one of {sorted(DTYPES)}, got {t.dtype!r}")
+  shape = tuple(config.mesh.shape)
+  if len(shape) != 3 or shape.count(-1) > 1 or any(
+      (not isinstance(s, int)) or s == 0 or s < -1 for s in shape):
+    raise ValueError(f"mesh.shape must be 3 positive ints (data, fsdp, tensor) with at most one -1, "
+                     f"got {shape}")
+  sharding_lib.merge_rules(config.sharding.rules)
+  optim_lib.OptimConfig.from_config(config.optim).validate()
+  if config.init_from.path:
+    try:
+      re.compile(config.init_from.regex)
+    except re.error as e:
+      raise ValueError(f"init_from.regex: invalid regex {config.init_from.regex!r}: {e}") from e
+
+
+# =============================================================================
+# Engine: mesh, model, optimizer, sharded state and the jitted step
+# =============================================================================
+
+@dataclasses.dataclass
+class Engine:
+  """Everything the loop needs, built from a validated config.
+
+  Attributes:
+    config: the run's config.
+    task: the recipe's Task instance.
+    mesh: the device mesh.
+    rules: logical -> mesh axis rules in force.
+    tx, labels, schedule: the optimizer, per-param labels ('frozen' /
+      'group_*') and the learning-rate schedule.
+    abstract_params_boxed: ``eval_shape`` of ``task.init_params`` (boxes kept).
+    state_shardings: NamedShardings of the train state.
+    abstract_state: ``ShapeDtypeStruct`` tree of the state, shardings attached.
+    batch_shardings: per batch key.
+  """
+  config: ml_collections.ConfigDict
+  task: task_lib.Task
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  tx: optax.GradientTransformation
+  labels: Any
+  schedule: Callable
+  abstract_params_boxed: Any
+  state_shardings: dict
+  abstract_state: dict
+  batch_shardings: dict[str, NamedSharding]
+  _step_fn: Any = None
+  _compiled: Any = None
+
+  @classmethod
+  def create(cls, config, *, task: task_lib.Task | None = None, mesh=None) -> "Engine":
+    """Builds mesh, task, optimizer and shardings (no device memory used yet)."""
+    if task is None:
+      task = task_lib.get_task(config.task)(config)
+    if mesh is None:
+      mesh = sharding_lib.make_mesh(config.mesh.shape)
+    rules = sharding_lib.merge_rules(config.sharding.rules)
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    t = config.train
+    if t.batch_size % (dp * t.micro_batches):
+      raise ValueError(f"train.batch_size={t.batch_size} must be divisible by data*fsdp={dp} times "
+                       f"train.micro_batches={t.micro_batches}")
+    if t.batch_size % jax.process_count():
+      raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the "
+                       f"{jax.process_count()} processes")
+    with _sharding_context(mesh, rules):
+      rng = jax.random.PRNGKey(config.seed)
+      boxed = jax.eval_shape(task.init_params, rng)
+      params_abstract = _strip_boxes(boxed)
+      param_shardings = sharding_lib.param_shardings(boxed, mesh, rules)
+      ocfg = optim_lib.OptimConfig.from_config(config.optim)
+      tx, labels, schedule = optim_lib.make_optimizer(params_abstract, ocfg, t.num_steps)
+      opt_abstract = jax.eval_shape(tx.init, params_abstract)
+      opt_shardings = sharding_lib.shardings_like_params(
+          opt_abstract, params_abstract, param_shardings, mesh)
+      rep = sharding_lib.replicated(mesh)
+      scalars = {"step": jnp.int32, "nonfinite_streak": jnp.int32, "nonfinite_total": jnp.int32,
+                 "stopped": jnp.bool_}
+      state_shardings = {"params": param_shardings, "opt_state": opt_shardings,
+                         **{k: rep for k in scalars}}
+      abstract = {"params": params_abstract, "opt_state": opt_abstract,
+                  **{k: jax.ShapeDtypeStruct((), d) for k, d in scalars.items()}}
+      abstract_state = jax.tree_util.tree_map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings)
+      spec = task.batch_spec()
+      for key, axes in spec.items():
+        if not axes or axes[0] != "act_batch":
+          raise ValueError(f"{type(task).__name__}.batch_spec()[{key!r}] must start with 'act_batch', "
+                           f"got {axes!r}")
+      batch_shardings = sharding_lib.batch_shardings(spec, mesh, rules)
+    return cls(config=config, task=task, mesh=mesh, rules=rules, tx=tx, labels=labels,
+               schedule=schedule, abstract_params_boxed=boxed, state_shardings=state_shardings,
+               abstract_state=abstract_state, batch_shardings=batch_shardings)
+
+  def context(self):
+    """The mesh and the logical-axis rules, active while tracing and running."""
+    return _sharding_context(self.mesh, self.rules)
+
+  # -- state -------------------------------------------------------------------
+
+  def init_params(self):
+    """Fresh params, created directly on their shardings."""
+    with self.context():
+      init = jax.jit(lambda r: nn.unbox(self.task.init_params(r)),
+                     out_shardings=self.state_shardings["params"])
+      return init(jax.random.PRNGKey(self.config.seed))
+
+  def place_params(self, params):
+    """Moves (possibly host or differently sharded) params onto the run's shardings."""
+    with self.context():
+      return jax.jit(lambda p: p, out_shardings=self.state_shardings["params"])(params)
+
+  def state_from_params(self, params) -> dict:
+    """A step-0 train state around ``params`` (optimizer state built sharded)."""
+    with self.context():
+      opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings["opt_state"])(params)
+      rep = sharding_lib.replicated(self.mesh)
+      # Separate buffers: the step donates each leaf of the state.
+      zero = lambda dtype: jax.device_put(np.zeros((), dtype), rep)  # noqa: E731
+      return {"params": params, "opt_state": opt_state, "step": zero(np.int32),
+              "nonfinite_streak": zero(np.int32), "nonfinite_total": zero(np.int32),
+              "stopped": zero(np.bool_)}
+
+  def init_state(self) -> dict:
+    return self.state_from_params(self.init_params())
+
+  # -- data --------------------------------------------------------------------
+
+  def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Assembles the global batch from this process's rows."""
+    spec_keys = set(self.batch_shardings)
+    if set(local) != spec_keys:
+      raise ValueError(f"batch keys {sorted(local)} differ from batch_spec keys {sorted(spec_keys)}")
+    per_process = self.config.train.batch_size // jax.process_count()
+    out = {}
+    for key, value in local.items():
+      value = np.asarray(value)
+      if value.shape[0] != per_process:
+        raise ValueError(f"batch[{key!r}] has {value.shape[0]} rows on this process; expected "
+                         f"train.batch_size / process_count = {per_process}")
+      global_shape = (self.config.train.batch_size,) + value.shape[1:]
+      out[key] = jax.make_array_from_process_local_data(self.batch_shardings[key], value, global_shape)
+    return out
+
+  # -- the step ----------------------------------------------------------------
+
+  def _build_step(self):
+    config, task, tx = self.config, self.task, self.tx
+    micro = config.train.micro_batches
+    compute_dtype = DTYPES[config.train.dtype]
+    max_nonfinite = config.train.max_nonfinite
+    base_rng = jax.random.PRNGKey(config.seed + 1)
+    labels = self.labels
+    param_shardings = self.state_shardings["params"]
+    micro_shardings = {
+        k: NamedSharding(self.mesh, PartitionSpec(None, *s.spec))
+        for k, s in self.batch_shardings.items()}
+
+    def loss_on(params, batch, rng):
+      # Frozen params get no gradient at all (saves their weight-gradient work).
+      params = jax.tree_util.tree_map(
+          lambda p, l: jax.lax.stop_gradient(p) if l == optim_lib.FROZEN else p, params, labels)
+      if compute_dtype != jnp.float32:
+        params = optim_lib.cast_floating(params, compute_dtype)  # fp32 master weights stay outside
+      loss, metrics = task.loss_fn(params, batch, rng, train=True)
+      return loss.astype(jnp.float32), {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+    grad_fn = jax.value_and_grad(loss_on, has_aux=True)
+
+    def train_step(state, batch):
+      params = state["params"]
+      rng = jax.random.fold_in(base_rng, state["step"])
+      if micro == 1:
+        (loss, metrics), grads = grad_fn(params, batch, jax.random.fold_in(rng, 0))
+      else:
+        def split(x):
+          b = x.shape[0]
+          # Strided split keeps every micro-batch spread over all data shards.
+          x = x.reshape((b // micro, micro) + x.shape[1:])  # [batch/micro, micro, ...]
+          return jnp.swapaxes(x, 0, 1)  # [micro, batch/micro, ...]
+        micro_batches = {k: jax.lax.with_sharding_constraint(split(v), micro_shardings[k])
+                         for k, v in batch.items()}
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+
+        def body(carry, xs):
+          g_sum, l_sum, m_sum = carry
+          mb, i = xs
+          (l, m), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
+          g_sum = jax.lax.with_sharding_constraint(
+              jax.tree_util.tree_map(jnp.add, g_sum, g), param_shardings)
+          m_sum = jax.tree_util.tree_map(jnp.add, m_sum, m)
+          return (g_sum, l_sum + l, m_sum), None
+
+        _, metric_shapes = jax.eval_shape(loss_on, params, jax.tree_util.tree_map(
+            lambda v: v[0], micro_batches), rng)
+        m0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+        (grads, loss, metrics), _ = jax.lax.scan(
+            body, (zeros, jnp.zeros((), jnp.float32), m0), (micro_batches, jnp.arange(micro)))
+        grads = jax.tree_util.tree_map(lambda g: g / micro, grads)
+        loss = loss / micro
+        metrics = jax.tree_util.tree_map(lambda m: m / micro, metrics)
+
+      grad_norm = optax.global_norm(grads)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      apply = finite & ~state["stopped"]
+      updates, new_opt = tx.update(grads, state["opt_state"], params)
+      new_params = optax.apply_updates(params, updates)
+      keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
+      streak = jnp.where(finite, 0, state["nonfinite_streak"] + 1)
+      new_state = {
+          "params": jax.tree_util.tree_map(keep, new_params, params),
+          "opt_state": jax.tree_util.tree_map(keep, new_opt, state["opt_state"]),
+          "step": state["step"] + 1,
+          "nonfinite_streak": streak,
+          "nonfinite_total": state["nonfinite_total"] + (~finite).astype(jnp.int32),
+          "stopped": state["stopped"] | (streak >= max_nonfinite),
+      }
+      out = {"loss": loss, **metrics, "grad_norm": grad_norm,
+             "learning_rate": self.schedule(state["step"]),
+             "skipped": (~apply).astype(jnp.int32)}
+      return new_state, out
+
+    rep = sharding_lib.replicated(self.mesh)
+    return jax.jit(train_step,
+                   in_shardings=(self.state_shardings, self.batch_shardings),
+                   out_shardings=(self.state_shardings, rep),
+                   donate_argnums=(0,))
+
+  @property
+  def step_fn(self):
+    """The jitted ``train_step(state, batch) -> (state, metrics)`` (state donated)."""
+    if self._step_fn is None:
+      self._step_fn = self._build_step()
+    return self._step_fn
+
+  def compile(self, batch: dict[str, jax.Array]):
+    """AOT-compiles the step for ``batch``'s shapes; returns the executable."""
+    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_shardings[k])
+                      for k, v in batch.items()}
+    with self.context():
+      self._compiled = self.step_fn.lower(self.abstract_state, abstract_batch).compile()
+    return self._compiled
+
+  def train_step(self, state, batch):
+    """Runs one step (compiled on first use)."""
+    if self._compiled is None:
+      self.compile(batch)
+    with self.context():
+      return self._compiled(state, batch)
+
+
+def _strip_boxes(tree):
+  """Removes ``nn.Partitioned`` boxes without applying their constraints (for abstract trees)."""
+  return jax.tree_util.tree_map(
+      lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
+      tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
+@contextlib.contextmanager
+def _sharding_context(mesh, rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+# =============================================================================
+# Checkpoint, eval and the loop
+# =============================================================================
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop polls (installed from the main thread only)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("signal %d received: checkpointing at the current step and exiting", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
+
+
+def _preempted(preemption: _Preemption, ckpt: checkpoint_lib.Checkpointer, step: int, *,
+               check_all: bool) -> bool:
+  """Whether to save and stop now; every process must agree (the save is collective).
+
+  One process: its own SIGTERM flag. Several: JAX's preemption sync point (set
+  up by ``jax.distributed.initialize`` on TPU) every step, and on ``check_all``
+  steps also whether any process saw SIGTERM (a cheap host all-gather).
+  """
+  if jax.process_count() == 1:
+    return preemption.requested
+  if ckpt.reached_preemption(step):
+    return True
+  if check_all:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    flags = multihost_utils.process_allgather(np.asarray(int(preemption.requested), np.int32))
+    return bool(np.any(flags))
+  return False
+
+
+def _fetch(tree):
+  return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains ``config.task`` in ``workdir`` (resuming if it holds a checkpoint).
+
+  Returns:
+    ``{'step', 'loss', 'preempted', 'nonfinite_total', 'eval': {...}}`` of the
+    last step run.
+
+  Raises:
+    ValueError: an invalid config (before anything heavy).
+    NonFiniteLossError: ``train.max_nonfinite`` non-finite steps in a row; the
+      checkpoints already written are kept and no new one is written.
+  """
+  # ---- config and processes --------------------------------------------------
+  validate_config(config)
+  distributed.maybe_initialize()
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  t = config.train
+  is_main = jax.process_index() == 0
+
+  # ---- mesh, model, optimizer, shardings -------------------------------------
+  engine = Engine.create(config)
+  # Recipes that keep run-specific files (e.g. a ViFi-CLIP stage, caches) read it.
+  engine.task.workdir = workdir
+  logging.info("mesh %s over %d devices (%s)", dict(engine.mesh.shape), jax.device_count(),
+               jax.devices()[0].device_kind)
+  total, trainable = optim_lib.count_params(engine.abstract_state["params"], engine.labels)
+  msg = (f"parameters: {total:,} total, {trainable:,} trainable "
+         f"({100.0 * trainable / max(total, 1):.2f}%)")
+  logging.info(msg)
+  if is_main:
+    print(msg, flush=True)
+
+  # ---- data ------------------------------------------------------------------
+  loader = engine.task.train_loader(
+      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+      batch_size=t.batch_size // jax.process_count())
+  data_iter = loader if hasattr(loader, "get_state") else iter(loader)
+  if not hasattr(data_iter, "get_state"):
+    raise TypeError(f"{type(engine.task).__name__}.train_loader must return a Grain iterator with "
+                    f"get_state/set_state, got {type(data_iter).__name__}")
+
+  # ---- state: resume > init_from > scratch ----------------------------------
+  ckpt = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), max_to_keep=t.max_to_keep,
+      best_metric=t.best_metric, best_mode=t.best_mode)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    logging.info("resuming from %s/checkpoints/%d", workdir, latest)
+    if is_main:
+      print(f"resuming from step {latest}", flush=True)
+    with engine.context():
+      state = ckpt.restore(latest, engine.abstract_state, data_iter=data_iter)
+  elif config.init_from.path:
+    logging.info("initialising from %s (regex %r)", config.init_from.path, config.init_from.regex)
+    with engine.context():
+      params = engine.task.load_pretrained(engine.init_params(), config.init_from)
+      state = engine.state_from_params(engine.place_params(params))
+  else:
+    state = engine.init_state()
+  step = int(jax.device_get(state["step"]))
+
+  # ---- metrics ---------------------------------------------------------------
+  logger = log_lib.MetricsLogger(workdir, num_steps=t.num_steps, initial_step=step,
+                                 enabled=is_main, progress=t.progress)
+  result: dict[str, Any] = {"step": step, "loss": None, "preempted": False, "eval": {}}
+  eval_metrics: dict[str, float] = {}
+
+  def save(at_step, metrics=None):
+    ckpt.save(at_step, state, data_iter=data_iter, config=config, metrics=metrics)
+
+  def check_finite(host):
+    if bool(host["stopped"]):
+      raise NonFiniteLossError(
+          f"{t.max_nonfinite} steps in a row had a non-finite loss or gradient (last at step "
+          f"{int(host['step'])}; {int(host['nonfinite_total'])} in total); updates were skipped and "
+          f"no checkpoint was written after it: the last good checkpoint is "
+          f"{workdir}/checkpoints/{ckpt.latest_step()}")
+
+  # ---- the loop --------------------------------------------------------------
+  try:
+    with _Preemption() as preemption:
+      throughput = None
+      window: dict[str, Any] | None = None
+      window_n = 0
+      pending_save = False
+      while step < t.num_steps:
+        batch = engine.global_batch(next(data_iter))
+        if throughput is None:
+          compiled = engine.compile(batch)
+          per_example = engine.task.flops_per_example()
+          flops = (per_example * t.batch_size if per_example
+                   else (log_lib.compiled_flops(compiled) or 0) * jax.device_count())
+          throughput = log_lib.Throughput(
+              global_batch=t.batch_size, flops_per_step=flops or None,
+              num_devices=jax.device_count(), peak_per_device=log_lib.peak_flops())
+          throughput.reset(step)
+        state, metrics = engine.train_step(state, batch)
+        step += 1
+        # Sum on device (no host sync) until the next log line.
+        window = metrics if window is None else jax.tree_util.tree_map(jnp.add, window, metrics)
+        window_n += 1
+
+        last = step == t.num_steps
+        if step % t.log_every == 0 or last:
+          host = _fetch({"m": window, "stopped": state["stopped"], "step": state["step"],
+                         "nonfinite_total": state["nonfinite_total"]})
+          record = {k: (float(v) / window_n if k not in ("skipped",) else int(v))
+                    for k, v in host["m"].items()}
+          record["nonfinite_total"] = int(host["nonfinite_total"])
+          record.update(throughput.measure(step))
+          logger.write(step, record)
+          logger.progress(step, record["loss"], record.get("steps_per_sec"))
+          result.update(step=step, loss=record["loss"], nonfinite_total=record["nonfinite_total"])
+          window, window_n = None, 0
+          check_finite(host)
+
+        ran_eval = False
+        if (t.eval_every and step % t.eval_every == 0) or last:
+          eval_metrics = engine.task.evaluate(state["params"], step=step, workdir=workdir) or {}
+          ran_eval = bool(eval_metrics)
+          if ran_eval:
+            logger.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+            result["eval"] = dict(eval_metrics)
+          throughput.reset(step)
+
+        preempted = _preempted(preemption, ckpt, step, check_all=step % t.log_every == 0)
+        if (t.checkpoint_every and step % t.checkpoint_every == 0) or last:
+          pending_save = True
+        if ran_eval and t.best_metric:
+          pending_save = True  # so that the best checkpoint can be kept
+        if pending_save or preempted:
+          host = _fetch({"stopped": state["stopped"], "step": state["step"],
+                         "nonfinite_total": state["nonfinite_total"],
+                         "nonfinite_streak": state["nonfinite_streak"]})
+          check_finite(host)
+          if int(host["nonfinite_streak"]) and not (preempted or last):
+            # Every regular checkpoint ends on a finite step; retry after the next step.
+            logging.warning("step %d was non-finite: checkpoint deferred", step)
+          else:
+            save(step, eval_metrics if ran_eval else None)
+            pending_save = False
+        if preempted:
+          ckpt.wait()
+          logging.warning("preempted: checkpoint written at step %d; exiting", step)
+          if is_main:
+            print(f"preempted: checkpoint written at step {step}", flush=True)
+          result.update(step=step, preempted=True)
+          break
+  finally:
+    ckpt.close()
+    logger.close()
+    del data_iter, loader
+    gc.collect()
+  return result

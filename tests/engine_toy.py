@@ -1,0 +1,167 @@
+"""A small but real Task for the engine's tests: a residual MLP classifier.
+
+Data: a deterministic in-memory array source (features and labels drawn from a
+fixed seed) read through a Grain ``MapDataset`` pipeline (per-process shard →
+shuffle → repeat → batch), so checkpoints hold a real Grain iterator state.
+Model: ``Dense`` layers with logical axes and a LayerNorm, activations
+constrained with ``nn.with_logical_constraint``.
+
+Every batch carries ``index`` (the example ids) and the loss reports
+``batch_fingerprint`` = sum_i (i + 1) * index_i, which pins down the batch order
+in ``metrics.jsonl``.
+
+Run directly: ``PYTHONPATH=tests python -m engine_toy --workdir DIR [--set key=json ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import time
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from t5video.models.layers import Dense
+from t5video.train import task as task_lib
+
+
+class ToyModel(nn.Module):
+  """x [batch, len, embed] -> residual MLP -> LayerNorm -> mean over len -> logits."""
+  embed: int
+  mlp: int
+  classes: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+    h = Dense(self.mlp, kernel_axes=("embed", "mlp"), name="mlp_in")(x)
+    h = nn.with_logical_constraint(nn.gelu(h), ("act_batch", "act_len", "act_mlp"))
+    x = x + Dense(self.embed, kernel_axes=("mlp", "embed"), name="mlp_out")(h)
+    x = nn.LayerNorm(name="norm", scale_init=nn.with_logical_partitioning(
+        nn.initializers.ones, ("embed",)), bias_init=nn.with_logical_partitioning(
+            nn.initializers.zeros, ("embed",)))(x)
+    pooled = x.mean(axis=1)  # [batch, embed]
+    logits = Dense(self.classes, kernel_axes=("embed", "vocab"), name="head")(pooled)
+    return nn.with_logical_constraint(logits, ("act_batch", "act_vocab"))
+
+
+class ArraySource:
+  """A random-access source over in-memory arrays (Grain's RandomAccessDataSource protocol)."""
+
+  def __init__(self, features: np.ndarray, labels: np.ndarray):
+    self.features, self.labels = features, labels
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, i):
+    i = int(i)
+    return {"x": self.features[i], "y": self.labels[i], "index": np.int32(i)}
+
+
+def make_arrays(num: int, length: int, embed: int, classes: int, seed: int):
+  """Features and labels with a learnable rule (labels from a fixed projection)."""
+  rs = np.random.RandomState(seed)
+  x = rs.normal(size=(num, length, embed)).astype(np.float32)
+  w = rs.normal(size=(embed, classes)).astype(np.float32)
+  y = np.argmax(x.mean(axis=1) @ w, axis=-1).astype(np.int32)
+  return x, y
+
+
+class ToyTask(task_lib.Task):
+  """The engine's test task (see the module docstring)."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.model
+    self.model = ToyModel(m.embed, m.mlp, m.classes)
+
+  def init_params(self, rng):
+    m = self.config.model
+    x = jnp.zeros((1, m.length, m.embed), jnp.float32)
+    return self.model.init(rng, x)["params"]
+
+  def batch_spec(self):
+    return {"x": ("act_batch", "act_len", "act_embed"), "y": ("act_batch",),
+            "index": ("act_batch",)}
+
+  def train_loader(self, *, seed, process_index, process_count, batch_size):
+    m, d = self.config.model, self.config.data
+    x, y = make_arrays(d.num_examples, m.length, m.embed, m.classes, seed=1234)
+    ds = grain.MapDataset.source(ArraySource(x, y))
+    ds = ds[process_index::process_count]
+    ds = ds.shuffle(seed=seed).repeat(None).batch(batch_size, drop_remainder=True)
+    it_ds = ds.to_iter_dataset()
+    delay = float(d.delay_s)
+    if delay:
+      # An IterDataset map runs in the consumer's thread on next(): each batch
+      # really costs `delay` seconds of the training loop (read-ahead cannot hide it).
+      def slow(batch):
+        time.sleep(delay)
+        return batch
+      it_ds = it_ds.map(slow)
+    return iter(it_ds)
+
+  def loss_fn(self, params, batch, rng, *, train):
+    del rng, train
+    logits = self.model.apply({"params": params}, batch["x"]).astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+    loss = loss * self.config.model.loss_scale
+    position = jnp.arange(1, batch["index"].shape[0] + 1, dtype=jnp.float32)
+    fingerprint = jnp.sum(position * batch["index"].astype(jnp.float32))
+    accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32))
+    return loss, {"accuracy": accuracy, "batch_fingerprint": fingerprint}
+
+  def evaluate(self, params, *, step, workdir):
+    del step, workdir
+    m, d = self.config.model, self.config.data
+    x, y = make_arrays(d.num_eval, m.length, m.embed, m.classes, seed=4321)
+    logits = jax.jit(lambda p, v: self.model.apply({"params": p}, v))(params, x)
+    logits = np.asarray(logits, np.float64)
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    loss = float(np.mean(logz - logits[np.arange(len(y)), y]))
+    return {"loss": loss, "accuracy": float(np.mean(logits.argmax(-1) == y))}
+
+
+def load_config(arg: str | None = None, **overrides):
+  """tests/configs/engine_toy.py's config with dotted-key overrides (``train.num_steps=5``)."""
+  spec = importlib.util.spec_from_file_location(
+      "engine_toy_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
+                                        "engine_toy.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def main():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.mark_as_parsed()
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--config_arg", default=None)
+  parser.add_argument("--set", action="append", default=[],
+                      help="KEY=JSON, e.g. train.num_steps=20 (repeatable)")
+  args = parser.parse_args()
+  config = load_config(args.config_arg, **dict(
+      (item.split("=", 1)[0], json.loads(item.split("=", 1)[1])) for item in args.set))
+  from t5video.train import trainer  # pylint: disable=g-import-not-at-top
+  result = trainer.train(config, args.workdir)
+  print("RESULT " + json.dumps({k: v for k, v in result.items() if k != "eval"}), flush=True)
+
+
+if __name__ == "__main__":
+  main()
