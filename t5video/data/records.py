@@ -36,7 +36,8 @@ class VideoRecord:
     start, end: the annotated window in seconds (None: the whole video).
     duration: the video's duration in seconds when the layout gives it.
     moments: temporal events with natural-language queries (grounding).
-    saliency: per-second saliency scores (QVHighlights-style), if any.
+    saliency: saliency scores, one per ``extra['saliency_clip_s']`` seconds
+      (default 1 s; QVHighlights' reader uses its 2-second clips), if any.
     extra: anything else a layout carries, kept for the user.
   """
   video_id: str
