@@ -651,7 +651,12 @@ class T5ForConditionalGeneration(nn.Module):
     if not cfg.tie_word_embeddings:
       self.lm_head = Dense(cfg.vocab_size, use_bias=False, kernel_axes=("embed", "vocab"),
                            dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                           kernel_init=nn.initializers.normal(1.0), name="lm_head")
+                           # HF initialises an untied head with std 1.0, which gives
+                           # logits of std ~sqrt(d_model) and a large initial loss when
+                           # training from scratch; fan-in scaling (as T5X) starts near
+                           # log(vocab). Loaded checkpoints are unaffected.
+                           kernel_init=nn.initializers.normal(cfg.d_model ** -0.5),
+                           name="lm_head")
 
   def embed_tokens(self, input_ids: Array) -> Array:
     """``[batch, len]`` ids -> ``[batch, len, d_model]`` rows of the shared embedding."""

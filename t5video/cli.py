@@ -1,0 +1,258 @@
+"""The ``t5video`` command line.
+
+  t5video train --config CONFIG.py[:ARG] [--config.KEY=VALUE ...] --workdir DIR
+  t5video eval --workdir DIR [--config CONFIG.py[:ARG]] [--split test] [--robustness]
+  t5video caption --workdir DIR VIDEO [VIDEO ...]
+  t5video zero-shot --workdir DIR --classes "a,b,c" VIDEO [VIDEO ...]
+  t5video data synthetic --out DIR --num-videos N --seed S
+  t5video extract-features ...   (see `t5video extract-features --help`)
+  t5video convert --hf-dir DIR --out DIR
+  t5video export-hf --ckpt DIR --out DIR [--tokenizer-from DIR]
+  t5video report --workdir DIR
+
+``train`` and ``eval`` take an ml_collections config file: ``--config`` names
+it (``path.py:arg`` passes ``arg`` to its ``get_config``) and
+``--config.a.b=value`` overrides one key; unknown keys and wrong types are
+errors before anything heavy starts. Run ``t5video COMMAND --help`` for a
+command's flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+COMMANDS = ("train", "eval", "caption", "zero-shot", "data", "extract-features", "convert",
+            "export-hf", "report")
+
+
+def _usage() -> str:
+  return __doc__
+
+
+# =============================================================================
+# config-file commands (absl flags + ml_collections config_flags)
+# =============================================================================
+
+def _parse_config_flags(argv: Sequence[str], command: str, *, config_required: bool):
+  """Parses ``--config``, ``--config.*`` overrides and command flags with absl."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "Config file path[:arg].", flag_values=fv,
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, metrics).", flag_values=fv)
+  if command == "eval":
+    flags.DEFINE_string("split", "", "Split to evaluate (default: config.data.eval_split).",
+                        flag_values=fv)
+    flags.DEFINE_boolean("robustness", False, "Also run frame-drop and noise sweeps.",
+                         flag_values=fv)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv):
+    print(f"usage: t5video {command} --config CONFIG.py[:ARG] [--config.KEY=VALUE ...] --workdir DIR")
+    print(fv.get_help())
+    raise SystemExit(0)
+  try:
+    rest = fv([f"t5video {command}"] + list(argv))
+  except flags.Error as e:
+    raise SystemExit(f"t5video {command}: {e}")
+  if len(rest) > 1:
+    raise SystemExit(f"t5video {command}: unexpected arguments {rest[1:]}")
+  if not fv.workdir:
+    raise SystemExit(f"t5video {command}: --workdir is required")
+  config = fv.config
+  if config is None:
+    if config_required:
+      raise SystemExit(f"t5video {command}: --config is required")
+    config = load_run_config(fv.workdir)
+  return config, fv
+
+
+def load_run_config(workdir: str):
+  """The config a run in ``workdir`` was started with (``workdir/config.json``)."""
+  import ml_collections
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise SystemExit(f"{path}: not found; is {workdir!r} a t5video workdir? (or pass --config)")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def _save_run_config(config, workdir: str) -> None:
+  import jax
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  tmp = os.path.join(workdir, "config.json.tmp")
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+def cmd_train(argv: Sequence[str]) -> int:
+  config, fv = _parse_config_flags(argv, "train", config_required=True)
+  from t5video.train import trainer
+  try:
+    trainer.validate_config(config)
+  except ValueError as e:
+    raise SystemExit(f"t5video train: invalid config: {e}")
+  _save_run_config(config, fv.workdir)
+  try:
+    result = trainer.train(config, fv.workdir)
+  except trainer.NonFiniteLossError as e:
+    raise SystemExit(f"t5video train: {e}")
+  with open(os.path.join(fv.workdir, "final_metrics.json"), "w") as f:
+    json.dump(result, f, indent=2, default=float)
+  gc.collect()
+  return 0
+
+
+def restore_task(config, workdir: str):
+  """Builds the run's Task and restores the latest params of ``workdir``."""
+  import flax.linen as nn
+  import jax
+  from t5video.train import checkpoint as checkpoint_lib
+  from t5video.train import task as task_lib
+  task = task_lib.get_task(config.task)(config)
+  task.workdir = workdir
+  params = jax.jit(lambda r: nn.unbox(task.init_params(r)))(jax.random.PRNGKey(0))
+  params = checkpoint_lib.load_params_by_regex(params, workdir, ".*")
+  return task, params
+
+
+def cmd_eval(argv: Sequence[str]) -> int:
+  config, fv = _parse_config_flags(argv, "eval", config_required=False)
+  task, params = restore_task(config, fv.workdir)
+  if fv.split:
+    with config.unlocked():
+      config.data.eval_split = fv.split
+  metrics = task.evaluate(params, step=-1, workdir=fv.workdir)
+  if fv.robustness and hasattr(task, "robustness"):
+    curves = task.robustness(params, workdir=fv.workdir)
+    metrics["robustness"] = curves
+  print(json.dumps(metrics, indent=2, default=float))
+  return 0
+
+
+# =============================================================================
+# argparse commands
+# =============================================================================
+
+def cmd_caption(argv: Sequence[str]) -> int:
+  p = argparse.ArgumentParser(prog="t5video caption",
+                              description="Caption, classify and tag your own video files.")
+  p.add_argument("--workdir", required=True, help="a trained CaptionT5 run directory")
+  p.add_argument("videos", nargs="+", help="video files (mp4, webm, avi, mkv)")
+  p.add_argument("--json", action="store_true", help="print one JSON object per video")
+  args = p.parse_args(argv)
+  config = load_run_config(args.workdir)
+  task, params = restore_task(config, args.workdir)
+  results = task.caption_files(params, args.videos)
+  for r in results:
+    if args.json:
+      print(json.dumps(r))
+    elif r.get("error"):
+      print(f"{r['path']}: could not decode ({r['error']})")
+    else:
+      print(f"{r['path']}\n  caption: {r['caption']}\n  class:   {r['class']}"
+            f"\n  tags:    {', '.join(r['tags'])}")
+  return 0 if all(not r.get("error") for r in results) else 1
+
+
+def cmd_zero_shot(argv: Sequence[str]) -> int:
+  p = argparse.ArgumentParser(prog="t5video zero-shot",
+                              description="Class probabilities of your own videos from a ViFi-CLIP run.")
+  p.add_argument("--workdir", required=True, help="a trained ViFi-CLIP run directory")
+  p.add_argument("--classes", required=True, help='comma-separated class names, e.g. "a,b,c"')
+  p.add_argument("videos", nargs="+")
+  args = p.parse_args(argv)
+  from t5video.recipes import vificlip
+  classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+  if len(classes) < 2:
+    raise SystemExit("t5video zero-shot: --classes needs at least two names")
+  for path, probs in zip(args.videos, vificlip.zero_shot(args.workdir, classes, args.videos)):
+    ranked = sorted(probs.items(), key=lambda kv: -kv[1])
+    print(path + "\n" + "\n".join(f"  {p:6.3f}  {c}" for c, p in ranked))
+  return 0
+
+
+def cmd_data(argv: Sequence[str]) -> int:
+  if not argv or argv[0] in ("-h", "--help"):
+    print("usage: t5video data synthetic --out DIR --num-videos N --seed S")
+    return 0
+  if argv[0] != "synthetic":
+    raise SystemExit(f"t5video data: unknown subcommand {argv[0]!r} (known: synthetic)")
+  from t5video.data import synthetic
+  return int(synthetic.main(list(argv[1:])) or 0)
+
+
+def cmd_extract_features(argv: Sequence[str]) -> int:
+  from t5video.data import features
+  return int(features.main(list(argv)) or 0)
+
+
+def cmd_convert(argv: Sequence[str]) -> int:
+  p = argparse.ArgumentParser(prog="t5video convert",
+                              description="Convert an HF CLIP/T5 directory to an Orbax checkpoint.")
+  p.add_argument("--hf-dir", required=True)
+  p.add_argument("--out", required=True)
+  args = p.parse_args(argv)
+  from t5video.models import convert_io
+  out = convert_io.convert_to_orbax(args.hf_dir, args.out)
+  print(f"wrote {out}")
+  return 0
+
+
+def cmd_export_hf(argv: Sequence[str]) -> int:
+  p = argparse.ArgumentParser(prog="t5video export-hf",
+                              description="Write a converted checkpoint back as an HF directory.")
+  p.add_argument("--ckpt", required=True, help="a directory written by `t5video convert`")
+  p.add_argument("--out", required=True)
+  p.add_argument("--tokenizer-from", default=None, help="copy tokenizer files from this HF dir")
+  args = p.parse_args(argv)
+  from t5video.models import convert_io
+  out = convert_io.export_from_orbax(args.ckpt, args.out, tokenizer_from=args.tokenizer_from)
+  print(f"wrote {out}")
+  return 0
+
+
+def cmd_report(argv: Sequence[str]) -> int:
+  p = argparse.ArgumentParser(prog="t5video report", description="Plots of a run as PNG files.")
+  p.add_argument("--workdir", required=True)
+  args = p.parse_args(argv)
+  from t5video.evaluate import report
+  for path in report.write_report(args.workdir):
+    print(f"wrote {path}")
+  return 0
+
+
+HANDLERS = {
+    "train": cmd_train, "eval": cmd_eval, "caption": cmd_caption, "zero-shot": cmd_zero_shot,
+    "data": cmd_data, "extract-features": cmd_extract_features, "convert": cmd_convert,
+    "export-hf": cmd_export_hf, "report": cmd_report,
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(_usage())
+    return 0
+  command, rest = argv[0], argv[1:]
+  if command not in HANDLERS:
+    print(f"t5video: unknown command {command!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+    return 2
+  from absl import flags, logging
+  # Grain worker processes read absl flags; nothing else parses them here.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  logging.set_verbosity(logging.WARNING)
+  return HANDLERS[command](rest)
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""Text tokenizers for T5-side text: a trained-on-the-spot SentencePiece model
+(the synthetic default) or any Hugging Face tokenizer directory.
+
+Both give the same small interface, with T5's id layout (pad 0, eos 1, unk 2).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Iterable, Sequence
+
+import numpy as np
+
+PAD_ID = 0
+EOS_ID = 1
+UNK_ID = 2
+
+
+class Tokenizer:
+  """``encode`` / ``decode`` with T5's conventions; see the two implementations."""
+  pad_id: int = PAD_ID
+  eos_id: int = EOS_ID
+  vocab_size: int
+
+  def encode(self, text: str) -> list[int]:
+    raise TypeError(f"{type(self).__name__} must define encode")
+
+  def decode(self, ids: Sequence[int]) -> str:
+    raise TypeError(f"{type(self).__name__} must define decode")
+
+  def encode_batch(self, texts: Sequence[str], max_len: int, *, add_eos: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Returns ``(ids int32 [N, max_len], mask int32 [N, max_len])``, truncated, EOS-terminated."""
+    ids = np.full((len(texts), max_len), self.pad_id, np.int32)
+    mask = np.zeros((len(texts), max_len), np.int32)
+    for i, text in enumerate(texts):
+      toks = self.encode(text)[: max_len - 1 if add_eos else max_len]
+      if add_eos:
+        toks = toks + [self.eos_id]
+      ids[i, : len(toks)] = toks
+      mask[i, : len(toks)] = 1
+    return ids, mask
+
+  def decode_batch(self, ids: np.ndarray) -> list[str]:
+    """Decodes rows of ids, stopping at the first EOS and dropping padding."""
+    out = []
+    for row in np.asarray(ids):
+      row = [int(t) for t in row]
+      if self.eos_id in row:
+        row = row[: row.index(self.eos_id)]
+      out.append(self.decode([t for t in row if t != self.pad_id]))
+    return out
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A SentencePiece model file (``spiece.model``)."""
+
+  def __init__(self, model_file: str):
+    import sentencepiece as spm
+    if not os.path.isfile(model_file):
+      raise FileNotFoundError(f"{model_file}: SentencePiece model not found")
+    self.model_file = model_file
+    self._sp = spm.SentencePieceProcessor(model_file=model_file)
+    if (self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id()) != (PAD_ID, EOS_ID, UNK_ID):
+      raise ValueError(f"{model_file}: expected T5's ids pad=0 eos=1 unk=2, got "
+                       f"{self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id()}")
+    self.vocab_size = self._sp.get_piece_size()
+
+  def encode(self, text: str) -> list[int]:
+    return list(self._sp.encode(text))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._sp.decode([int(i) for i in ids])
+
+  def __getstate__(self):  # picklable for Grain worker processes
+    return {"model_file": self.model_file}
+
+  def __setstate__(self, state):
+    self.__init__(state["model_file"])
+
+
+class HFTokenizer(Tokenizer):
+  """Any tokenizer directory ``transformers.AutoTokenizer`` reads (e.g. a T5 checkpoint)."""
+
+  def __init__(self, path: str):
+    from transformers import AutoTokenizer
+    self.path = path
+    self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    self.pad_id = int(self._tok.pad_token_id if self._tok.pad_token_id is not None else PAD_ID)
+    self.eos_id = int(self._tok.eos_token_id if self._tok.eos_token_id is not None else EOS_ID)
+    self.vocab_size = len(self._tok)
+
+  def encode(self, text: str) -> list[int]:
+    return list(self._tok.encode(text, add_special_tokens=False))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def __getstate__(self):
+    return {"path": self.path}
+
+  def __setstate__(self, state):
+    self.__init__(state["path"])
+
+
+def train_sentencepiece(texts: Iterable[str], out_file: str, vocab_size: int = 512) -> SentencePieceTokenizer:
+  """Trains a unigram SentencePiece model with T5's id layout; writes ``out_file``.
+
+  Deterministic for a given corpus. ``hard_vocab_limit=False`` lets a small
+  corpus end with fewer pieces than asked.
+  """
+  import sentencepiece as spm
+  if not out_file.endswith(".model"):
+    raise ValueError(f"out_file must end with .model, got {out_file!r}")
+  os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    corpus = os.path.join(tmp, "corpus.txt")
+    with open(corpus, "w") as f:
+      for t in texts:
+        f.write(t.replace("\n", " ") + "\n")
+    prefix = os.path.join(tmp, "spiece")
+    spm.SentencePieceTrainer.train(
+        input=corpus, model_prefix=prefix, vocab_size=vocab_size, model_type="unigram",
+        pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1, hard_vocab_limit=False,
+        character_coverage=1.0, num_threads=1, minloglevel=2)
+    tmp_out = out_file + ".tmp"
+    os.replace(prefix + ".model", tmp_out)
+    os.replace(tmp_out, out_file)
+  return SentencePieceTokenizer(out_file)
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+  """A ``.model`` file → SentencePiece; a directory → HF tokenizer."""
+  if path.endswith(".model"):
+    return SentencePieceTokenizer(path)
+  if os.path.isdir(path):
+    return HFTokenizer(path)
+  raise FileNotFoundError(f"{path}: neither a SentencePiece .model file nor a tokenizer directory")

@@ -1,0 +1,148 @@
+"""CaptionT5: CLIP frames + text "thoughts" → T5 encoder → T5 decoder.
+
+The encoder input is the concatenation (all ``[batch, *, d_model]``)::
+
+  [ prompt-tuning prefix (P) ; visual tokens (V) ; task prompt + thoughts tokens (L) ]
+
+* visual tokens: the CLIP vision tower runs per frame (or cached CLIP
+  features are read instead of pixels), a temporal module
+  (:mod:`t5video.models.temporal`) pools or mixes frames, and a projection maps
+  the CLIP width to ``d_model``.
+* the text part is the tokenised task prompt (``caption:``, ``classify:``,
+  ``tags:``) followed by the thoughts (concepts, metadata, subtitles, a draft).
+
+The decoder writes the answer (a caption, a class name, or tags). Parameter
+names: ``clip/...`` equals a converted HF CLIP vision tower, ``t5/...`` a
+converted HF T5, so ``init_from`` is a plain subtree assignment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from t5video.models import clip as clip_lib
+from t5video.models import t5 as t5_lib
+from t5video.models.layers import Dense, LoraSpec
+from t5video.models.temporal import TemporalConfig, TemporalModule
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionT5Config:
+  """Hyper-parameters of CaptionT5.
+
+  Attributes:
+    vision: the CLIP vision tower's config; None reads cached features.
+    t5: the T5 config.
+    temporal: the temporal module's config.
+    visual_tokens: 'pooled' (one token per frame: CLIP's pooled output) or
+      'patches' (every token of the last layer, CLS included).
+    feature_dim: width of cached features (only when ``vision`` is None).
+    prompt_length: learned prefix embeddings for prompt tuning (0: none).
+    lora: LoRA applied to every Dense whose path matches its targets (CLIP,
+      temporal module, projection and T5 alike).
+  """
+  vision: Optional[clip_lib.CLIPVisionConfig]
+  t5: t5_lib.T5Config
+  temporal: TemporalConfig = TemporalConfig()
+  visual_tokens: str = "pooled"
+  feature_dim: Optional[int] = None
+  prompt_length: int = 0
+  lora: Optional[LoraSpec] = None
+
+
+@flax.struct.dataclass
+class CaptionT5Output:
+  logits: jax.Array                    # [batch, target_len, vocab]
+  encoder_last_hidden_state: jax.Array  # [batch, enc_len, d_model]
+  encoder_attention_mask: jax.Array    # [batch, enc_len]
+
+
+class CaptionT5(nn.Module):
+  """See the module docstring. Call with ``pixel_values`` or ``features``."""
+  config: CaptionT5Config
+
+  def setup(self):
+    cfg = self.config
+    if cfg.vision is not None:
+      self.clip = clip_lib.CLIPVisionModel(cfg.vision, with_projection=False)
+      width = cfg.vision.hidden_size
+    else:
+      if not cfg.feature_dim:
+        raise ValueError("CaptionT5Config needs `vision` or `feature_dim` (cached features)")
+      width = cfg.feature_dim
+    self.temporal = TemporalModule(dataclasses.replace(cfg.temporal, lora=cfg.lora))
+    self.visual_projection = Dense(cfg.t5.d_model, kernel_axes=(None, "embed"),
+                                   lora=cfg.lora, name="visual_projection")
+    self.visual_norm = nn.LayerNorm(name="visual_norm")
+    self.t5 = t5_lib.T5ForConditionalGeneration(cfg.t5)
+    if cfg.prompt_length:
+      self.prompt_embeddings = self.param(
+          "prompt_embeddings", nn.with_logical_partitioning(nn.initializers.normal(0.5), (None, "embed")),
+          (cfg.prompt_length, cfg.t5.d_model))
+    self._width = width
+
+  def visual_tokens(self, pixel_values=None, features=None, frame_mask=None, deterministic=True):
+    """Returns ``(tokens [b, v, d_model], mask [b, v])``."""
+    cfg = self.config
+    if features is None:
+      if pixel_values is None:
+        raise ValueError("CaptionT5 needs pixel_values or features")
+      out = self.clip(pixel_values, deterministic=deterministic)
+      if cfg.visual_tokens == "pooled":
+        # [b, t, width] -> [b, t, 1, width]
+        features = out.pooler_output[:, :, None, :]
+      elif cfg.visual_tokens == "patches":
+        features = out.last_hidden_state  # [b, t, l, width]
+      else:
+        raise ValueError(f"visual_tokens must be 'pooled' or 'patches', got {cfg.visual_tokens!r}")
+    elif features.ndim == 3:
+      # cached pooled features [b, t, width] -> [b, t, 1, width]
+      features = features[:, :, None, :]
+    b, t = features.shape[:2]
+    if frame_mask is None:
+      frame_mask = jnp.ones((b, t), jnp.int32)
+    features = nn.with_logical_constraint(features, ("act_batch", "act_frames", "act_len", "act_embed"))
+    tokens, mask = self.temporal(features, frame_mask, deterministic=deterministic)
+    tokens = self.visual_norm(self.visual_projection(tokens, deterministic))
+    return nn.with_logical_constraint(tokens, ("act_batch", "act_len", "act_embed")), mask
+
+  def encode(self, input_ids, attention_mask, pixel_values=None, features=None, frame_mask=None,
+             deterministic=True):
+    """Returns ``(encoder states [b, P + v + l, d_model], mask [b, P + v + l])``."""
+    vis, vis_mask = self.visual_tokens(pixel_values, features, frame_mask, deterministic)
+    text = self.t5.embed_tokens(input_ids)  # [b, l, d_model]
+    parts, masks = [vis.astype(text.dtype), text], [vis_mask.astype(jnp.int32), attention_mask.astype(jnp.int32)]
+    if self.config.prompt_length:
+      b = input_ids.shape[0]
+      # [P, d] -> [b, P, d]
+      prefix = jnp.broadcast_to(self.prompt_embeddings[None].astype(text.dtype),
+                                (b,) + self.prompt_embeddings.shape)
+      parts.insert(0, prefix)
+      masks.insert(0, jnp.ones((b, self.config.prompt_length), jnp.int32))
+    # concatenate along the length axis: [b, P + v + l, d_model]
+    embeds = jnp.concatenate(parts, axis=1)
+    mask = jnp.concatenate(masks, axis=1)
+    hidden = self.t5.encode(inputs_embeds=embeds, attention_mask=mask, deterministic=deterministic)
+    return hidden, mask
+
+  def decode(self, encoder_hidden_states, encoder_attention_mask, decoder_input_ids,
+             decoder_attention_mask=None, decode=False, deterministic=True):
+    """T5 decoder logits ``[b, target_len, vocab]`` (one cached step with ``decode=True``)."""
+    return self.t5.decode(encoder_hidden_states, encoder_attention_mask, decoder_input_ids,
+                          decoder_attention_mask=decoder_attention_mask, decode=decode,
+                          deterministic=deterministic)
+
+  def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask=None,
+               pixel_values=None, features=None, frame_mask=None, deterministic=True):
+    hidden, mask = self.encode(input_ids, attention_mask, pixel_values, features, frame_mask,
+                               deterministic)
+    logits = self.decode(hidden, mask, decoder_input_ids, decoder_attention_mask,
+                         deterministic=deterministic)
+    return CaptionT5Output(logits=logits, encoder_last_hidden_state=hidden,
+                           encoder_attention_mask=mask)

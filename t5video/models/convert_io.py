@@ -1,0 +1,65 @@
+"""``t5video convert`` / ``t5video export-hf``: HF directories <-> Orbax checkpoints.
+
+A converted checkpoint directory holds::
+
+  params/        the converted params (an Orbax PyTree checkpoint)
+  hf_config.json the source config.json (to rebuild the module on export)
+
+``init_from.path`` of a training config may point at it, and
+``t5video export-hf`` turns it back into an HF directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def convert_to_orbax(hf_dir: str, out_dir: str) -> str:
+  """Converts an HF CLIP/T5 directory into an Orbax checkpoint at ``out_dir``."""
+  import orbax.checkpoint as ocp
+  from t5video.models import hf
+  out_dir = os.path.abspath(out_dir)
+  _, params = hf.load_hf(hf_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  params_dir = os.path.join(out_dir, "params")
+  ckptr = ocp.PyTreeCheckpointer()
+  ckptr.save(params_dir, params, force=True)
+  with open(os.path.join(out_dir, "hf_config.json"), "w") as f:
+    json.dump(hf.read_hf_config(hf_dir), f, indent=2, sort_keys=True)
+  return out_dir
+
+
+def load_orbax(ckpt_dir: str):
+  """``(module, params)`` from a directory written by :func:`convert_to_orbax`."""
+  import orbax.checkpoint as ocp
+  from t5video.models import convert_clip, convert_t5, hf
+  cfg_path = os.path.join(ckpt_dir, "hf_config.json")
+  if not os.path.isfile(cfg_path):
+    raise FileNotFoundError(f"{cfg_path}: not found; was {ckpt_dir!r} written by `t5video convert`?")
+  with open(cfg_path) as f:
+    hf_config = json.load(f)
+  params = ocp.PyTreeCheckpointer().restore(os.path.join(os.path.abspath(ckpt_dir), "params"))
+  params = _numpy_tree(params)
+  # Rebuild the module from the config: convert the restored params back to an
+  # HF state dict layout is not needed; the converters build the module from
+  # the config alone when given our params' names.
+  if hf.model_family(hf_config) == "clip":
+    module = convert_clip.module_from_hf_config(hf_config, params)
+  else:
+    module = convert_t5.module_from_hf_config(hf_config, params)
+  return module, params
+
+
+def _numpy_tree(tree):
+  if isinstance(tree, dict):
+    return {k: _numpy_tree(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def export_from_orbax(ckpt_dir: str, out_dir: str, *, tokenizer_from: str | None = None) -> str:
+  from t5video.models import hf
+  module, params = load_orbax(ckpt_dir)
+  return hf.export_hf(module, params, out_dir, tokenizer_from=tokenizer_from)

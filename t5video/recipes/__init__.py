@@ -1,0 +1,1 @@
+"""Recipes: what is trained (model, data, loss, evaluation) for each task."""

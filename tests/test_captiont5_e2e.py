@@ -1,0 +1,163 @@
+"""CaptionT5 end to end on real encoded (synthetic) videos: train, evaluate,
+restore, caption files, cached features, PEFT wiring."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from t5video import cli
+from t5video.data import synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _base_config(data_root, **overrides):
+  spec = importlib.util.spec_from_file_location(
+      "synth_cfg", os.path.join(ROOT, "configs", "captiont5", "synthetic.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("runlocal")
+  c.data.root = data_root
+  c.data.num_videos = 40
+  c.data.num_frames = 4
+  c.data.size = 32
+  c.model.clip.image_size = 32
+  c.model.clip.patch_size = 16
+  c.model.clip.hidden_size = 32
+  c.model.clip.intermediate_size = 64
+  c.model.clip.num_hidden_layers = 1
+  c.model.t5.d_model = 32
+  c.model.t5.d_kv = 8
+  c.model.t5.d_ff = 64
+  c.model.t5.num_layers = 1
+  c.model.t5.num_decoder_layers = 1
+  c.text.max_input_len = 40
+  c.text.max_target_len = 16
+  c.train.num_steps = 16
+  c.train.batch_size = 8
+  c.train.log_every = 4
+  c.train.checkpoint_every = 8
+  c.train.progress = False
+  c.optim.learning_rate = 1e-2
+  c.optim.warmup_steps = 2
+  c.eval.max_examples = 8
+  c.eval.batch_size = 8
+  c.eval.meteor = "false"
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("synth"))
+  synthetic.render_dataset(root, 40, 0, min_seconds=1.0, max_seconds=2.0,
+                           sizes=((48, 32), (64, 48)), fps_choices=(8,))
+  return root
+
+
+@pytest.mark.slow
+def test_train_evaluate_restore_caption(data_root, tmp_path, capsys):
+  from t5video.train import trainer
+  config = _base_config(data_root)
+  workdir = str(tmp_path / "run")
+  cli._save_run_config(config, workdir)
+  result = trainer.train(config, workdir)
+  assert result["step"] == 16
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  losses = [r["loss"] for r in rows if "loss" in r]
+  assert len(losses) == 4 and np.isfinite(losses).all()
+  assert losses[-1] < losses[0], losses
+  ev = json.load(open(os.path.join(workdir, "eval_metrics.json")))
+  for key in ("CIDEr", "BLEU-4", "ROUGE-L", "top1", "macro_f1", "tags_micro_f1",
+              "baseline_caption_CIDEr", "baseline_prior_top1"):
+    assert key in ev and np.isfinite(ev[key]), key
+  samples = [json.loads(l) for l in open(os.path.join(workdir, "samples_step16.jsonl"))]
+  assert samples and all(isinstance(s["caption"], str) for s in samples)
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "16"))
+
+  # The restored params equal the trained ones: evaluation reproduces the metrics.
+  task, params = cli.restore_task(cli.load_run_config(workdir), workdir)
+  metrics, _ = task.run_eval(params, task.eval_records())
+  assert abs(metrics["CIDEr"] - ev["CIDEr"]) < 1e-9
+  assert abs(metrics["top1"] - ev["top1"]) < 1e-9
+
+  # `t5video caption` prints text for the user's files, and names a bad one.
+  videos = sorted(os.listdir(os.path.join(data_root, "videos")))[:2]
+  paths = [os.path.join(data_root, "videos", v) for v in videos]
+  bad = str(tmp_path / "broken.mp4")
+  open(bad, "wb").write(b"\x00not a video")
+  capsys.readouterr()
+  rc = cli.main(["caption", "--workdir", workdir] + paths + [bad])
+  out = capsys.readouterr().out
+  assert rc == 1  # one file could not be decoded
+  assert out.count("caption:") == 2 and "class:" in out and "tags:" in out
+  assert f"{bad}: could not decode (corrupt)" in out
+
+
+@pytest.mark.slow
+def test_train_on_cached_features(data_root, tmp_path):
+  """Features extracted once by a frozen CLIP tower replace pixels in training and eval."""
+  import flax.linen as nn
+  from t5video.data import decode, features
+  from t5video.models import clip as clip_lib
+  from t5video.recipes import captiont5
+  from t5video.train import trainer
+  vcfg = clip_lib.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, image_size=32, patch_size=16)
+  tower = clip_lib.CLIPVisionModel(vcfg, with_projection=False)
+  tparams = nn.unbox(tower.init(jax.random.PRNGKey(0), np.zeros((1, 2, 32, 32, 3), np.float32)))["params"]
+  config = _base_config(data_root)
+  feats = str(tmp_path / "features")
+  for split in ("train", "test"):
+    recs = captiont5.read_split(config.data, data_root, split)
+    features.extract_features(recs, tower, tparams, spec=decode.SamplingSpec(num_frames=4, size=32),
+                              out_dir=os.path.join(feats, split), layers=("pooled",),
+                              preprocess=clip_lib.clip_preprocess, batch_size=8)
+  config = _base_config(data_root, **{"data.features_dir": feats, "train.num_steps": 8,
+                                      "train.checkpoint_every": 8})
+  workdir = str(tmp_path / "run")
+  result = trainer.train(config, workdir)
+  assert result["step"] == 8 and np.isfinite(result["loss"])
+  task = captiont5.CaptionT5Task(config)
+  assert task.model_config.vision is None and task.model_config.feature_dim == 32
+  assert "features" in task.batch_spec() and "frames" not in task.batch_spec()
+  ev = json.load(open(os.path.join(workdir, "eval_metrics.json")))
+  assert np.isfinite(ev["CIDEr"]) and ev["num_examples"] > 0
+
+
+def test_peft_method_sets_trainable_regex(data_root):
+  from t5video.models import peft
+  from t5video.recipes import captiont5
+  config = _base_config(data_root, **{"peft.method": "lora"})
+  task = captiont5.CaptionT5Task(config)
+  assert config.optim.trainable == peft.trainable_regex("lora", last_n=config.peft.last_n,
+                                                        num_layers=1, num_decoder_layers=1)
+  assert task.model_config.lora is not None and task.model_config.t5.lora is not None
+  # An explicit optim.trainable wins over the PEFT default.
+  config = _base_config(data_root, **{"peft.method": "lora", "optim.trainable": "^t5/"})
+  captiont5.CaptionT5Task(config)
+  assert config.optim.trainable == "^t5/"
+
+
+def test_bad_config_values_are_named(data_root):
+  from t5video.recipes import captiont5
+  config = _base_config(data_root, **{"model.t5_init": "/nonexistent/flan-t5-base"})
+  with pytest.raises(FileNotFoundError, match="config.model.t5_init"):
+    captiont5.CaptionT5Task(config)
+  config = _base_config(data_root, **{"data.layout": "msrvtt", "data.root": ""})
+  with pytest.raises(ValueError, match="config.data.root is empty"):
+    captiont5.CaptionT5Task(config)
+  config = _base_config(data_root, **{"thoughts.sources": ("metadata", "dreams")})
+  with pytest.raises(ValueError, match="unknown thought sources"):
+    captiont5.CaptionT5Task(config)
