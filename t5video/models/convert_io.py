@@ -35,7 +35,8 @@ def convert_to_orbax(hf_dir: str, out_dir: str) -> str:
 def load_orbax(ckpt_dir: str):
   """``(module, params)`` from a directory written by :func:`convert_to_orbax`."""
   import orbax.checkpoint as ocp
-  from t5video.models import convert_clip, convert_t5, hf
+  from t5video.models import convert_clip, hf
+  from t5video.models import t5 as t5_lib
   cfg_path = os.path.join(ckpt_dir, "hf_config.json")
   if not os.path.isfile(cfg_path):
     raise FileNotFoundError(f"{cfg_path}: not found; was {ckpt_dir!r} written by `t5video convert`?")
@@ -43,13 +44,19 @@ def load_orbax(ckpt_dir: str):
     hf_config = json.load(f)
   params = ocp.PyTreeCheckpointer().restore(os.path.join(os.path.abspath(ckpt_dir), "params"))
   params = _numpy_tree(params)
-  # Rebuild the module from the config: convert the restored params back to an
-  # HF state dict layout is not needed; the converters build the module from
-  # the config alone when given our params' names.
+  # Rebuild the module from the saved config; the params' top-level names say
+  # which CLIP model (and whether it has projections) or which T5 layout.
   if hf.model_family(hf_config) == "clip":
-    module = convert_clip.module_from_hf_config(hf_config, params)
+    if "vision_model" in params and "text_model" in params:
+      kind, proj = "clip", True
+    elif "vision_model" in params:
+      kind, proj = "vision", "visual_projection" in params
+    else:
+      kind, proj = "text", "text_projection" in params
+    module = convert_clip.build_module(hf_config, kind, with_projection=proj)
   else:
-    module = convert_t5.module_from_hf_config(hf_config, params)
+    scanned = "blocks" in params.get("encoder", {})
+    module = t5_lib.T5ForConditionalGeneration(t5_lib.T5Config.from_hf(hf_config, scan_layers=scanned))
   return module, params
 
 
