@@ -454,11 +454,22 @@ class CaptionT5Task(task_lib.Task):
     clip_dir = tc.clip_workdir or (os.path.join(self.workdir, "vificlip") if self.workdir else "")
     if not clip_dir:
       raise ValueError("thoughts.sources has 'concepts' but no thoughts.clip_workdir is set")
-    scorer = vificlip_recipe.concept_scorer(clip_dir, self.config, self.root)
+    scorer = vificlip_recipe.ConceptScorer.from_workdir(clip_dir)
     vocab = self.concept_vocabulary()
-    for split, recs in self.records.items():
-      picked = scorer.top_concepts_for_records(recs, vocab, k=tc.top_k, spec=self._eval_spec())
-      self._concepts.update(picked)
+    # Frames as the video-text CLIP was trained on them (its frame count and size).
+    spec = decode_lib.SamplingSpec(num_frames=scorer.num_frames, size=scorer.image_size)
+    for recs in self.records.values():
+      loader = pipeline.make_loader(
+          list(recs), transform=pipeline.VideoDecodeTransform(spec, train=False, seed=0),
+          batch_size=32, seed=0, shuffle=False, num_epochs=1, shard_index=0, shard_count=1,
+          worker_count=0, drop_remainder=False, pad_to_batch=True,
+          read_threads=self.config.data.read_threads)
+      for batch in loader:
+        top = scorer.top_concepts(np.asarray(batch["frames"]), vocab, tc.top_k)
+        for vid, valid, concepts in zip(batch["video_id"], batch["valid"], top):
+          if bool(valid):
+            self._concepts[vid] = list(concepts)
+    logging.info("CLIP-guided concepts for %d clips from %s", len(self._concepts), clip_dir)
     return self._concepts
 
   def concept_vocabulary(self) -> list[str]:
