@@ -75,22 +75,21 @@ def _parse_config_flags(argv: Sequence[str], command: str, *, config_required: b
 def load_run_config(workdir: str):
   """The config a run in ``workdir`` was started with (``workdir/config.json``)."""
   import ml_collections
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  from t5video.train import paths
+  path = paths.join(workdir, "config.json")
+  if not paths.exists(path):
     raise SystemExit(f"{path}: not found; is {workdir!r} a t5video workdir? (or pass --config)")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 
 def _save_run_config(config, workdir: str) -> None:
   import jax
+  from t5video.train import paths
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, "config.json.tmp")
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, os.path.join(workdir, "config.json"))
+  paths.makedirs(workdir)
+  paths.write_text(paths.join(workdir, "config.json"),
+                   config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def cmd_train(argv: Sequence[str]) -> int:
@@ -105,8 +104,11 @@ def cmd_train(argv: Sequence[str]) -> int:
     result = trainer.train(config, fv.workdir)
   except trainer.NonFiniteLossError as e:
     raise SystemExit(f"t5video train: {e}")
-  with open(os.path.join(fv.workdir, "final_metrics.json"), "w") as f:
-    json.dump(result, f, indent=2, default=float)
+  from t5video.train import paths
+  import jax
+  if jax.process_index() == 0:
+    paths.write_text(paths.join(fv.workdir, "final_metrics.json"),
+                     json.dumps(result, indent=2, default=float))
   gc.collect()
   return 0
 

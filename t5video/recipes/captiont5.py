@@ -59,6 +59,7 @@ from t5video.models import t5 as t5_lib
 from t5video.models.captiont5 import CaptionT5, CaptionT5Config
 from t5video.models.layers import LoraSpec
 from t5video.models.temporal import TemporalConfig
+from t5video.train import paths
 from t5video.train import task as task_lib
 
 TASK_IDS = {"caption": 0, "classify": 1, "tags": 2}
@@ -819,11 +820,10 @@ class CaptionT5Task(task_lib.Task):
     metrics, rows = self.run_eval(params, records)
     metrics.update(self.baselines(records))
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, f"samples_step{step}.jsonl"), "w") as f:
-        for row in rows:
-          f.write(json.dumps(row) + "\n")
-      with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
-        json.dump({"step": step, "split": self.config.data.eval_split, **metrics}, f, indent=2)
+      paths.write_text(paths.join(workdir, f"samples_step{step}.jsonl"),
+                       "".join(json.dumps(row) + "\n" for row in rows))
+      paths.write_text(paths.join(workdir, "eval_metrics.json"), json.dumps(
+          {"step": step, "split": self.config.data.eval_split, **metrics}, indent=2))
       print(format_table(metrics, step, self.config.data.eval_split), flush=True)
     return metrics
 
@@ -891,9 +891,9 @@ class CaptionT5Task(task_lib.Task):
       m, _ = self.run_eval(params, records, corrupt=noise)
       curves["noise"].append({"std": std, **{k: m.get(k) for k in keys}})
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, "robustness.json"), "w") as f:
-        json.dump(curves, f, indent=2)
-      _plot_robustness(curves, os.path.join(workdir, "robustness.png"))
+      paths.write_text(paths.join(workdir, "robustness.json"), json.dumps(curves, indent=2))
+      png = os.path.join(paths.local_mirror(workdir), "robustness.png")
+      _plot_robustness(curves, png)
     return curves
 
 

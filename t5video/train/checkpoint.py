@@ -26,6 +26,7 @@ from absl import logging
 from orbax.checkpoint._src.checkpoint_managers import preservation_policy as preservation_lib
 
 from t5video.train import optim as optim_lib
+from t5video.train import paths
 
 
 class Checkpointer:
@@ -48,7 +49,7 @@ class Checkpointer:
       raise ValueError(f"train.max_to_keep must be >= 1, got {max_to_keep}")
     if best_mode not in ("max", "min"):
       raise ValueError(f"train.best_mode must be 'max' or 'min', got {best_mode!r}")
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.normalize(directory)
     self.best_metric = best_metric
     policies: list[Any] = [preservation_lib.LatestN(n=max_to_keep)]
     best_fn = None
@@ -141,17 +142,18 @@ def _config_to_json(config) -> dict:
 
 def _find_state_dir(path: str) -> str:
   """Finds the params-holding PyTree directory below a workdir / manager / step dir."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.isdir(path):
+  from etils import epath
+  p = epath.Path(paths.normalize(path))
+  if not p.is_dir():
     raise FileNotFoundError(f"init_from.path {path!r} is not a directory")
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  steps = [int(d) for d in os.listdir(path) if d.isdigit() and os.path.isdir(os.path.join(path, d))]
+  if (p / "checkpoints").is_dir():
+    p = p / "checkpoints"
+  steps = [int(d.name) for d in p.iterdir() if d.name.isdigit() and d.is_dir()]
   if steps:
-    path = os.path.join(path, str(max(steps)))
-  if os.path.isdir(os.path.join(path, "state")):
-    path = os.path.join(path, "state")
-  return path
+    p = p / str(max(steps))
+  if (p / "state").is_dir():
+    p = p / "state"
+  return str(p)
 
 
 def load_params_by_regex(params, path: str, regex: str = ".*"):

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from t5video.train import paths
+
 # Dense bf16 peak FLOP/s per device (one chip / one GPU), from vendor specs.
 # Keys are matched as prefixes of ``jax.Device.device_kind`` (case-insensitive),
 # longest first.
@@ -88,11 +90,14 @@ class MetricsLogger:
     self._bar = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    paths.makedirs(workdir)
+    self._jsonl = paths.AppendFile(paths.join(workdir, "metrics.jsonl"))
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      tb_dir = os.path.join(paths.local_mirror(workdir), "tensorboard")
+      if paths.is_remote(workdir):
+        logging.warning("TensorBoard events of %s are written locally to %s", workdir, tb_dir)
+      self._tb = SummaryWriter(tb_dir)
     except ImportError:
       logging.warning("tensorboardX is not installed: no TensorBoard events")
     if progress:

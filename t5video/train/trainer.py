@@ -41,6 +41,7 @@ from t5video.train import checkpoint as checkpoint_lib
 from t5video.train import distributed
 from t5video.train import logging as log_lib
 from t5video.train import optim as optim_lib
+from t5video.train import paths
 from t5video.train import sharding as sharding_lib
 from t5video.train import task as task_lib
 
@@ -486,8 +487,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # ---- config and processes --------------------------------------------------
   validate_config(config)
   distributed.maybe_initialize()
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.normalize(workdir)  # local: absolute; gs://...: as given
+  paths.makedirs(workdir)
   t = config.train
   is_main = jax.process_index() == 0
 
@@ -515,7 +516,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   # ---- state: resume > init_from > scratch ----------------------------------
   ckpt = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), max_to_keep=t.max_to_keep,
+      paths.join(workdir, "checkpoints"), max_to_keep=t.max_to_keep,
       best_metric=t.best_metric, best_mode=t.best_mode)
   latest = ckpt.latest_step()
   if latest is not None:
