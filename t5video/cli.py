@@ -106,7 +106,10 @@ def cmd_train(argv: Sequence[str]) -> int:
     raise SystemExit(f"t5video train: {e}")
   from t5video.train import paths
   import jax
-  if jax.process_index() == 0:
+  if result.get("loss") is None and not result.get("eval"):
+    print(f"{fv.workdir} is already at step {result['step']} = train.num_steps: nothing to do "
+          f"(`t5video eval --workdir {fv.workdir}` re-evaluates it)")
+  elif jax.process_index() == 0:
     paths.write_text(paths.join(fv.workdir, "final_metrics.json"),
                      json.dumps(result, indent=2, default=float))
   gc.collect()
