@@ -63,7 +63,7 @@ import numpy as np
 
 # Bump when the generator changes what it writes for a given seed; a folder
 # rendered by another version is then not mistaken for a finished one.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 SPLITS = ("train", "val", "test")
 
@@ -941,8 +941,14 @@ def write_mp4(path: str, frames: np.ndarray, fps: int, *, crf: int = 23) -> None
     # No B-frames: with them, this libx264 build gave different bytes for the
     # same input from one encode to the next (measured: 4 of 16 clips over 6
     # encodes each); without them, 0 of 32. Keyframes every 2 s for seeking.
+    # Threading off everywhere (the codec context's own thread_count defaults to
+    # auto and overrides the "threads" option): threaded x264 under CPU load gave
+    # different bytes for the same frames now and then.
+    stream.codec_context.thread_count = 1
+    stream.codec_context.thread_type = "NONE"
     stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1",
-                      "bf": "0", "g": str(2 * fps)}
+                      "bf": "0", "g": str(2 * fps),
+                      "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}
     planes = rgb_to_yuv420p(frames)  # [T, H * 3 / 2, W]
     for i in range(t):
       frame = av.VideoFrame.from_ndarray(planes[i], format="yuv420p")

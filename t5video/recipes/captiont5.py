@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import re
@@ -160,11 +161,18 @@ def prepare_data(data: ml_collections.ConfigDict) -> str:
   root = os.path.abspath(os.path.expanduser(data.root))
   if data.layout == "synthetic":
     from t5video.data import synthetic
-    if not os.path.isfile(os.path.join(root, "DONE")):
+    done = os.path.join(root, "DONE")
+    version = None
+    if os.path.isfile(done):
+      with open(done) as f:
+        version = json.load(f).get("config", {}).get("generator_version")
+    # A finished folder of this generator version is used as it is (whatever
+    # settings rendered it); a missing, half-written or outdated one is a cache
+    # and is rendered again.
+    if version != synthetic.GENERATOR_VERSION:
       print(f"rendering the synthetic dataset ({data.num_videos} clips, seed {data.synthetic_seed}) "
             f"into {root}", flush=True)
-      synthetic.render_dataset(root, data.num_videos, data.synthetic_seed)
-    # A finished folder is used as it is (whatever settings rendered it).
+      synthetic.render_dataset(root, data.num_videos, data.synthetic_seed, overwrite=True)
   elif not data.root:
     raise ValueError(f"config.data.root is empty: pass --config.data.root=DIR (the {data.layout} "
                      "dataset folder)")
@@ -413,10 +421,8 @@ class CaptionT5Task(task_lib.Task):
       return tokenizer_lib.load_tokenizer(cfg.text.tokenizer)
     if cfg.model.t5_init:
       return tokenizer_lib.HFTokenizer(cfg.model.t5_init)
-    # From scratch: a SentencePiece model trained on this dataset's training text.
-    path = os.path.join(self.root, f"t5video_spiece_{cfg.text.vocab_size}.model")
-    if os.path.isfile(path):
-      return tokenizer_lib.SentencePieceTokenizer(path)
+    # From scratch: a SentencePiece model trained on this dataset's training text,
+    # cached beside the data under a name that hashes that text.
     texts = []
     for r in self.records[cfg.data.train_split]:
       texts += r.captions + [r.label or "", ", ".join(r.tags), r.subtitle]
@@ -426,7 +432,12 @@ class CaptionT5Task(task_lib.Task):
     if os.path.isfile(concepts_file):
       with open(concepts_file) as f:
         texts += [line.strip() for line in f if line.strip()]
-    return tokenizer_lib.train_sentencepiece([t for t in texts if t], path, cfg.text.vocab_size)
+    texts = [t for t in texts if t]
+    digest = hashlib.sha1("\n".join(texts).encode()).hexdigest()[:10]
+    path = os.path.join(self.root, f"t5video_spiece_{cfg.text.vocab_size}_{digest}.model")
+    if os.path.isfile(path):
+      return tokenizer_lib.SentencePieceTokenizer(path)
+    return tokenizer_lib.train_sentencepiece(texts, path, cfg.text.vocab_size)
 
   # ---- cached features -----------------------------------------------------------
   def feature_source(self, split: str):
