@@ -104,6 +104,18 @@ def test_train_evaluate_restore_caption(data_root, tmp_path, capsys):
   assert out.count("caption:") == 2 and "class:" in out and "tags:" in out
   assert f"{bad}: could not decode (corrupt)" in out
 
+  # `t5video eval --robustness` writes the frame-drop / noise curves; `t5video report` the PNGs.
+  assert cli.main(["eval", "--workdir", workdir, "--robustness"]) == 0
+  curves = json.load(open(os.path.join(workdir, "robustness.json")))
+  assert [r["rate"] for r in curves["drop"]] == [0.0, 0.25, 0.5, 0.75]
+  assert [r["std"] for r in curves["noise"]] == [0.0, 10.0, 25.0, 50.0]
+  assert abs(curves["drop"][0]["CIDEr"] - ev["CIDEr"]) < 1e-9  # level 0 = the clean evaluation
+  assert os.path.isfile(os.path.join(workdir, "robustness.png"))
+  capsys.readouterr()
+  assert cli.main(["report", "--workdir", workdir]) == 0
+  for name in ("report_curves.png", "report_classes.png", "report_samples.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 1000, name
+
 
 @pytest.mark.slow
 def test_train_on_cached_features(data_root, tmp_path):

@@ -141,7 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = dict(path="", regex=".*")
   c.eval = dict(max_examples=0, batch_size=32, beam_size=1, length_penalty=0.6, refine=False,
                 meteor="auto",                # 'auto' (if Java is present) | 'true' | 'false'
-                tail_fraction=0.3, rerank_weight=0.0, num_candidates=4)
+                tail_fraction=0.3)
   return ml_collections.ConfigDict(c)
 
 
