@@ -46,6 +46,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 import shutil
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -393,6 +394,9 @@ def _write_failures(out_dir: str) -> list[tuple[str, str]]:
   return failures
 
 
+_OPEN_LOCK = threading.Lock()
+
+
 class FeatureSource:
   """Reads extracted features as a Grain random-access source.
 
@@ -456,14 +460,18 @@ class FeatureSource:
     return d
 
   def _shard(self, s: int) -> dict[str, Any]:
-    if s not in self._shards:
-      d = os.path.join(self.out_dir, self.index["shards"][s])
-      shard = {k: np.load(os.path.join(d, f"{k}.npy"), mmap_mode="r")
-               for k in self.layers + ["timestamps", "frame_mask", "valid"]}
-      with open(os.path.join(d, "meta.json")) as f:
-        shard["meta"] = json.load(f)
-      self._shards[s] = shard
-    return self._shards[s]
+    # One thread opens a shard at a time: np.load parses .npy headers with
+    # ast.literal_eval, and concurrent compile() in Grain's read threads raises
+    # "SystemError: AST constructor recursion depth mismatch" on CPython 3.11.7.
+    with _OPEN_LOCK:
+      if s not in self._shards:
+        d = os.path.join(self.out_dir, self.index["shards"][s])
+        shard = {k: np.load(os.path.join(d, f"{k}.npy"), mmap_mode="r")
+                 for k in self.layers + ["timestamps", "frame_mask", "valid"]}
+        with open(os.path.join(d, "meta.json")) as f:
+          shard["meta"] = json.load(f)
+        self._shards[s] = shard
+      return self._shards[s]
 
   def lookup(self, video_id: str) -> int:
     """The index of ``video_id``."""

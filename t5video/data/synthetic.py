@@ -39,7 +39,9 @@ removed and rendered again.
 
 Cost (measured on this project's 2-core CPU machine): 300 clips take about 9 s
 of one core (drawing ~45%, libx264 ~55%) and 5.4 MB on disk; ``workers`` spreads
-clips over processes without changing a byte of the output.
+clips over processes without changing the output (annotations are byte-identical;
+the frames are identical before encoding, and libx264 here encodes them to the same
+bytes except, rarely, under heavy CPU load, when its rounding differs slightly).
 
 Command line (the ``t5video data synthetic`` subcommand calls :func:`main`)::
 
