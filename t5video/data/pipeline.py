@@ -955,3 +955,28 @@ def make_loader(
   return iterator, LoaderPlan(epoch_len=epoch_len, steps_per_epoch=steps,
                               shard_indices=slots,
                               class_names=tuple(class_names))
+
+
+class KeyFilterIterator(grain.DatasetIterator):
+  """Keeps only ``keys`` of each batch; state is the parent's (Grain-checkpointable)."""
+
+  def __init__(self, parent: grain.DatasetIterator, keys: Sequence[str]):
+    super().__init__(parent)
+    self._keys = tuple(keys)
+
+  def __next__(self):
+    batch = next(self._parent)
+    return {k: np.asarray(batch[k]) for k in self._keys}
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state) -> None:
+    self._parent.set_state(state)
+
+  @property
+  def failures(self):
+    return getattr(self._parent, "failures", None)
+
+  def __str__(self) -> str:
+    return f"KeyFilter({', '.join(self._keys)})"

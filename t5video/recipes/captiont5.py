@@ -36,7 +36,6 @@ from typing import Any, Optional, Sequence
 
 from absl import logging
 import flax.linen as nn
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -259,25 +258,6 @@ class TextTransform:
         # kept for the loader's failure accounting; removed before the step
         **{k: ex[k] for k in pipeline.PIPELINE_KEYS},
     }
-
-
-class KeepKeys(grain.DatasetIterator):
-  """Wraps a Grain batch iterator, yielding only ``keys`` (state passes through)."""
-
-  def __init__(self, parent: grain.DatasetIterator, keys: Sequence[str]):
-    super().__init__(parent)
-    self._keys = tuple(keys)
-    self.failures = getattr(parent, "failures", None)
-
-  def __next__(self):
-    batch = next(self._parent)
-    return {k: np.asarray(batch[k]) for k in self._keys}
-
-  def get_state(self):
-    return self._parent.get_state()
-
-  def set_state(self, state):
-    self._parent.set_state(state)
 
 
 # =============================================================================
@@ -564,7 +544,7 @@ class CaptionT5Task(task_lib.Task):
         shard_index=process_index, shard_count=process_count, worker_count=d.worker_count,
         balance=d.balance or None, extra_transforms=[self._text_transform(seed)],
         max_failure_ratio=d.max_failure_ratio, read_threads=d.read_threads)
-    return KeepKeys(it, list(self.batch_spec()))
+    return pipeline.KeyFilterIterator(it, list(self.batch_spec()))
 
   def loss_fn(self, params, batch, rng, *, train: bool):
     out = self.model.apply(

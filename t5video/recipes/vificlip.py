@@ -48,7 +48,6 @@ import os
 from typing import Any, Iterator, Optional, Sequence
 
 import flax.linen as nn
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -210,31 +209,6 @@ class ExampleTransform:
       ex["caption_ids"], ex["caption_mask"] = ids[0], mask[0]
     ex["valid"] = np.bool_(valid)
     return ex
-
-
-class KeyFilterIterator(grain.DatasetIterator):
-  """Keeps only ``keys`` of each batch; state is the parent's (Grain-checkpointable)."""
-
-  def __init__(self, parent: grain.DatasetIterator, keys: Sequence[str]):
-    super().__init__(parent)
-    self._keys = tuple(keys)
-
-  def __next__(self):
-    batch = next(self._parent)
-    return {k: np.asarray(batch[k]) for k in self._keys}
-
-  def get_state(self):
-    return self._parent.get_state()
-
-  def set_state(self, state) -> None:
-    self._parent.set_state(state)
-
-  @property
-  def failures(self):
-    return getattr(self._parent, "failures", None)
-
-  def __str__(self) -> str:
-    return f"KeyFilter({', '.join(self._keys)})"
 
 
 # -----------------------------------------------------------------------------
@@ -415,7 +389,7 @@ class ViFiCLIPTask(task_lib.Task):
         batch_size=batch_size, seed=seed, shard_index=process_index, shard_count=process_count,
         worker_count=int(d.get("worker_count", 0)), read_threads=int(d.get("read_threads", 2)),
         extra_transforms=(transform,), max_failure_ratio=d.get("max_failure_ratio", 0.1))
-    return KeyFilterIterator(it, list(self.batch_spec()))
+    return pipeline.KeyFilterIterator(it, list(self.batch_spec()))
 
   def loss_fn(self, params, batch, rng, *, train: bool):
     m = self.config.model
