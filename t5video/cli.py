@@ -72,6 +72,25 @@ def _parse_config_flags(argv: Sequence[str], command: str, *, config_required: b
   return config, fv
 
 
+def load_config_file(spec: str):
+  """``path/to/config.py[:arg]`` -> its ``get_config(arg)``, as ``--config`` would load it.
+
+  A relative path is looked up in the current directory, then in the
+  repository (next to the ``t5video`` package).
+  """
+  import importlib.util
+  path, _, arg = spec.partition(":")
+  candidates = [path] if os.path.isabs(path) else [
+      os.path.abspath(path), os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)]
+  found = next((c for c in candidates if os.path.isfile(c)), None)
+  if found is None:
+    raise FileNotFoundError(f"config file {path!r} not found (looked at {candidates})")
+  module_spec = importlib.util.spec_from_file_location(f"t5video_config_{abs(hash(found))}", found)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
 def load_run_config(workdir: str):
   """The config a run in ``workdir`` was started with (``workdir/config.json``)."""
   import ml_collections
@@ -106,7 +125,9 @@ def cmd_train(argv: Sequence[str]) -> int:
     raise SystemExit(f"t5video train: {e}")
   from t5video.train import paths
   import jax
-  if result.get("loss") is None and not result.get("eval"):
+  if result.get("preempted"):
+    print(f"{fv.workdir}: preempted at step {result['step']}; run the same command again to resume")
+  elif result.get("loss") is None and not result.get("eval"):
     print(f"{fv.workdir} is already at step {result['step']} = train.num_steps: nothing to do "
           f"(`t5video eval --workdir {fv.workdir}` re-evaluates it)")
   elif jax.process_index() == 0:

@@ -173,3 +173,63 @@ def test_bad_config_values_are_named(data_root):
   config = _base_config(data_root, **{"thoughts.sources": ("metadata", "dreams")})
   with pytest.raises(ValueError, match="unknown thought sources"):
     captiont5.CaptionT5Task(config)
+
+
+@pytest.mark.slow
+def test_clip_stage_concepts_and_reranking(data_root, tmp_path):
+  """A ViFi-CLIP stage trains first in <workdir>/vificlip; it picks the concept
+  thoughts and re-ranks sampled captions by log-prob + weight x cos(video, caption)."""
+  from t5video.recipes import captiont5, vificlip
+  from t5video.train import trainer
+  config = _base_config(data_root, **{
+      "thoughts.sources": ("concepts", "metadata"), "thoughts.top_k": 3,
+      "thoughts.clip_stage.config": "configs/vificlip/synthetic.py:mean,tiny",
+      "thoughts.clip_stage.num_steps": 6, "train.num_steps": 8, "train.checkpoint_every": 8,
+      "eval.rerank.candidates": 4, "eval.rerank.source": "sample", "eval.rerank.weight": 2.0})
+  workdir = str(tmp_path / "run")
+  cli._save_run_config(config, workdir)
+  result = trainer.train(config, workdir)
+  assert result["step"] == 8
+  stage = os.path.join(workdir, "vificlip")
+  assert json.load(open(os.path.join(stage, "final_metrics.json")))["step"] == 6
+  stage_cfg = json.load(open(os.path.join(stage, "config.json")))
+  assert stage_cfg["data"]["root"] == data_root and stage_cfg["data"]["novel_classes"] == []
+
+  task, params = cli.restore_task(cli.load_run_config(workdir), workdir)
+  vocab = task.concept_vocabulary()
+  concepts = task.concepts()
+  test_ids = {r.video_id for r in task.eval_records()}
+  assert test_ids <= set(concepts)
+  assert all(len(c) == 3 and set(c) <= set(vocab) for c in concepts.values())
+
+  samples = [json.loads(l) for l in open(os.path.join(workdir, "samples_step8.jsonl"))]
+  assert samples
+  scorer = vificlip.ConceptScorer.from_workdir(stage)
+  batch = next(iter(task._eval_loader(task.eval_records(), 8)))
+  sims = task.video_text_similarity(batch, [[s["caption"]] for s in samples[:1]])
+  for s in samples:
+    cands = s["candidates"]
+    assert 1 <= len(cands) <= 4 and s["caption"] == cands[0]["caption"]
+    scores = [c["score"] for c in cands]
+    assert scores == sorted(scores, reverse=True)
+    for c in cands:
+      assert abs(c["score"] - (c["logprob"] + 2.0 * c["clip"])) < 1e-5
+      assert -1.0 - 1e-5 <= c["clip"] <= 1.0 + 1e-5 and c["logprob"] <= 0.0
+  # The similarity is the stage CLIP's cosine for the same frames.
+  frames = scorer.fit_frames(np.asarray(batch["frames"][:1]))
+  expected = scorer.scores(frames, [samples[0]["caption"]])[0, 0]
+  assert batch["video_id"][0] == samples[0]["video_id"]
+  assert abs(float(sims[0][0]) - float(expected)) < 1e-5
+
+  # Beam candidates: weight 0 keeps the model's own order (best beam first).
+  hidden, mask = task._jitted["encode"](
+      params, {"frames": np.asarray(batch["frames"])}, jax.numpy.asarray(batch["frame_mask"], jax.numpy.int32),
+      *map(jax.numpy.asarray, task._encoder_inputs(batch, "caption")))
+  beams = task.caption_candidates(params, hidden, mask, source="beam", num=3)
+  task.config.eval.rerank.weight = 0.0
+  ranked = task.ranked_candidates(batch, beams)
+  assert [d["caption"] for d in ranked[0]] == [c for c, _ in beams[0]]
+  # Sampling is seeded: the same seed gives the same candidates, pseudo-labels included.
+  a = task.caption_candidates(params, hidden, mask, source="sample", num=5, seed=3)
+  b = task.caption_candidates(params, hidden, mask, source="sample", num=5, seed=3)
+  assert a == b

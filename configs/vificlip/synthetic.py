@@ -81,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.layout_kwargs = {}
   c.data.synthetic = dict(num_videos=80 if tiny else 300, seed=0, sizes=((96, 72), (128, 96)),
                           class_prior="uniform", min_seconds=2.0, max_seconds=4.0,
+                          backgrounds=(), max_distractors=2,  # (): every background
                           overwrite=True)  # a cache folder: re-render when the generator changes
   c.data.train_split = "train"
   c.data.classes = ()
@@ -91,6 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.size = 64
   c.data.resize_short = 72
   c.data.flip = False  # left/right are class-defining here
+  c.data.cache_frames = True  # decode each clip once; later epochs sample from memory (centre crops)
   c.data.worker_count = 0
   c.data.read_threads = 2
   c.data.max_failure_ratio = 0.1

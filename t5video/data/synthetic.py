@@ -228,6 +228,9 @@ class SyntheticConfig:
     min_per_class: every class gets at least this many clips when
       ``num_videos >= min_per_class * num_classes``.
     crf: libx264 constant rate factor.
+    backgrounds: draw backgrounds from these (None: all of :data:`BACKGROUNDS`);
+      ``('plain',)`` gives an easier set for models trained from scratch.
+    max_distractors: at most this many still distractor objects (0-2).
   """
   num_videos: int
   seed: int
@@ -241,6 +244,8 @@ class SyntheticConfig:
   zipf_exponent: float = 1.1
   min_per_class: int = 3
   crf: int = 23
+  backgrounds: Optional[tuple[str, ...]] = None
+  max_distractors: int = 2
 
   def validate(self) -> None:
     """Raises ValueError naming the bad setting."""
@@ -266,6 +271,13 @@ class SyntheticConfig:
     for name in self.class_names():
       if name not in _CLASS_ACTIONS:
         raise ValueError(f"unknown class {name!r}; known: {list(CLASS_NAMES)}")
+    for b in self.backgrounds or ():
+      if b not in BACKGROUNDS:
+        raise ValueError(f"unknown background {b!r}; known: {list(BACKGROUNDS)}")
+    if self.backgrounds is not None and not self.backgrounds:
+      raise ValueError("backgrounds is empty (None: all)")
+    if not 0 <= self.max_distractors <= 2:
+      raise ValueError(f"max_distractors must be in [0, 2], got {self.max_distractors}")
     if not 0 <= self.crf <= 51:
       raise ValueError(f"crf must be in [0, 51], got {self.crf}")
 
@@ -279,6 +291,13 @@ class SyntheticConfig:
     d["fps_choices"] = list(self.fps_choices)
     d["classes"] = list(self.class_names())
     d["generator_version"] = GENERATOR_VERSION
+    # Settings added later appear only when changed, so older folders still match.
+    if self.backgrounds is None:
+      d.pop("backgrounds")
+    else:
+      d["backgrounds"] = list(self.backgrounds)
+    if self.max_distractors == 2:
+      d.pop("max_distractors")
     return d
 
 
@@ -645,7 +664,7 @@ def _sample_clip(cfg: SyntheticConfig, index: int, label: str, split: str,
   actions = _CLASS_ACTIONS[label]
 
   # Background: two muted tones and a texture.
-  background = _pick(rng, BACKGROUNDS)
+  background = _pick(rng, cfg.backgrounds or BACKGROUNDS)
   grey = rng.uniform(70, 180)
   tint = rng.uniform(-22, 22, size=3)
   c0 = np.clip(grey + tint, 20, 235)
@@ -664,7 +683,7 @@ def _sample_clip(cfg: SyntheticConfig, index: int, label: str, split: str,
                    float(rng.uniform(0.1, 0.9)), float(rng.uniform(-0.25, 0.25)))
 
   # Distractors first choose colours, so a colour change never lands on one.
-  n_distractors = int(rng.choice(3, p=(0.3, 0.4, 0.3)))
+  n_distractors = min(int(rng.choice(3, p=(0.3, 0.4, 0.3))), cfg.max_distractors)
   d_colours = [_pick(rng, [c for c in COLOURS if c != colour]) for _ in range(n_distractors)]
   windows = _event_windows(rng, actions, dur, fps)
   events = _key_events(rng, actions, windows, colour, set(d_colours))
@@ -738,7 +757,7 @@ def _tuplify(kwargs: dict[str, Any]) -> dict[str, Any]:
   out = dict(kwargs)
   if "sizes" in out:
     out["sizes"] = tuple(tuple(int(v) for v in s) for s in out["sizes"])
-  for k in ("splits", "fps_choices", "classes"):
+  for k in ("splits", "fps_choices", "classes", "backgrounds"):
     if out.get(k) is not None:
       out[k] = tuple(out[k])
   return out
@@ -1136,7 +1155,8 @@ def render_dataset(out_dir: str, num_videos: int, seed: int, *,
                    sizes: Sequence[Sequence[int]] = ((96, 72), (128, 96), (112, 112)),
                    fps_choices: Sequence[int] = (8, 10, 12), workers: int = 1,
                    classes: Optional[Sequence[str]] = None,
-                   class_prior: str = "zipf", overwrite: bool = False,
+                   class_prior: str = "zipf", backgrounds: Optional[Sequence[str]] = None,
+                   max_distractors: int = 2, overwrite: bool = False,
                    verbose: bool = False) -> dict[str, Any]:
   """Renders the synthetic dataset into ``out_dir`` (see the module docstring).
 
@@ -1157,6 +1177,8 @@ def render_dataset(out_dir: str, num_videos: int, seed: int, *,
     workers: processes for rendering (1: in this process).
     classes: restrict to these class names (None: all).
     class_prior: 'zipf' (long-tailed) or 'uniform'.
+    backgrounds: draw from these backgrounds only (None: all).
+    max_distractors: at most this many still distractors (0-2).
     overwrite: replace a folder rendered with other settings.
     verbose: print progress.
 
@@ -1168,7 +1190,8 @@ def render_dataset(out_dir: str, num_videos: int, seed: int, *,
   cfg = SyntheticConfig(**_tuplify(dict(
       num_videos=num_videos, seed=seed, splits=splits, min_seconds=min_seconds,
       max_seconds=max_seconds, sizes=sizes, fps_choices=fps_choices,
-      classes=classes, class_prior=class_prior)))
+      classes=classes, class_prior=class_prior, backgrounds=backgrounds,
+      max_distractors=max_distractors)))
   cfg.validate()
   config_json = cfg.to_json()
   done_path = os.path.join(out_dir, "DONE")

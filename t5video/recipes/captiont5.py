@@ -110,7 +110,13 @@ def base_config() -> ml_collections.ConfigDict:
       drop_all=0.1,
       top_k=5,
       metadata_fields=("objects", "background"),
-      clip_workdir="",              # a ViFi-CLIP workdir for CLIP-guided 'concepts'
+      clip_workdir="",              # a ViFi-CLIP workdir for CLIP-guided 'concepts' (and
+                                    # eval.rerank); '' = <workdir>/vificlip, trained there by
+                                    # clip_stage first when that is set
+      # A ViFi-CLIP stage trained on this run's own data before CaptionT5 (when 'concepts' or
+      # eval.rerank need a CLIP and clip_workdir is ''): a config file[:arg] (relative to the
+      # current directory or the repository) and its steps; '' = no stage.
+      clip_stage=dict(config="", num_steps=2000),
       concepts_file="",             # default: <data.root>/concepts.txt
   )
   c.model = dict(
@@ -140,7 +146,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = dict(path="", regex=".*")
   c.eval = dict(max_examples=0, batch_size=32, beam_size=1, length_penalty=0.6, refine=False,
                 meteor="auto",                # 'auto' (if Java is present) | 'true' | 'false'
-                tail_fraction=0.3)
+                tail_fraction=0.3,
+                # CLIP-guided caption ranking: `candidates` captions per video (0: off) from
+                # 'beam' search or top-p 'sample'-ing, each scored by its length-normalised
+                # T5 log-probability + weight x cos(video, caption) under the video-text
+                # CLIP of thoughts.clip_workdir (default <workdir>/vificlip).
+                rerank=dict(candidates=0, source="beam", weight=1.0, top_p=0.9, temperature=1.0,
+                            seed=0))
   return ml_collections.ConfigDict(c)
 
 
@@ -280,6 +292,16 @@ def _round_up(n: int, k: int) -> int:
   return ((n + k - 1) // k) * k
 
 
+def fill_defaults(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+  """Adds the keys of ``defaults`` that ``config`` lacks (recursively), in place."""
+  with config.unlocked():
+    for key, value in defaults.items():
+      if key not in config:
+        config[key] = value
+      elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
+        fill_defaults(config[key], value)
+
+
 def check_init_dirs(config: ml_collections.ConfigDict) -> None:
   """``model.clip_init`` / ``model.t5_init``, when set, must be HF model directories."""
   for key in ("clip_init", "t5_init"):
@@ -359,6 +381,8 @@ class CaptionT5Task(task_lib.Task):
   """The CaptionT5 recipe for the trainer (see the module docstring)."""
 
   def __init__(self, config: ml_collections.ConfigDict):
+    # Runs saved before a key existed restore with its default (``config.json`` of old workdirs).
+    fill_defaults(config, base_config())
     super().__init__(config)
     self.workdir: Optional[str] = None  # set by the trainer before train_loader/evaluate
     check_init_dirs(config)
@@ -380,6 +404,10 @@ class CaptionT5Task(task_lib.Task):
       config.optim.trainable = peft.trainable_regex(
           config.peft.method, last_n=config.peft.last_n, num_layers=t5c.num_layers,
           num_decoder_layers=t5c.num_decoder_layers, bridge=config.peft.bridge)
+    rr = config.eval.rerank
+    if rr.source not in ("beam", "sample") or rr.candidates < 0:
+      raise ValueError(f"eval.rerank: source must be 'beam' or 'sample' and candidates >= 0, got "
+                       f"source={rr.source!r}, candidates={rr.candidates}")
     self.thought_cfg = thoughts_lib.ThoughtConfig(
         sources=tuple(config.thoughts.sources), dropout=config.thoughts.dropout,
         drop_all=config.thoughts.drop_all, top_k=config.thoughts.top_k,
@@ -390,6 +418,7 @@ class CaptionT5Task(task_lib.Task):
                                         crop="center", flip=False)
     self.frame_cache = FrameCache() if d.cache_frames else None
     self._concepts: Optional[dict[str, list[str]]] = None
+    self._clip_scorer = None
     counts = collections.Counter(r.label for r in train if r.label)
     self.train_class_counts = counts
     self.caption_prior = collections.Counter(c for r in train for c in r.captions)
@@ -442,11 +471,7 @@ class CaptionT5Task(task_lib.Task):
     tc = self.config.thoughts
     if "concepts" not in tc.sources:
       return self._concepts
-    from t5video.recipes import vificlip as vificlip_recipe  # heavy; only when used
-    clip_dir = tc.clip_workdir or (os.path.join(self.workdir, "vificlip") if self.workdir else "")
-    if not clip_dir:
-      raise ValueError("thoughts.sources has 'concepts' but no thoughts.clip_workdir is set")
-    scorer = vificlip_recipe.ConceptScorer.from_workdir(clip_dir)
+    scorer = self.clip_scorer(purpose="thoughts.sources has 'concepts'")
     vocab = self.concept_vocabulary()
     # Frames as the video-text CLIP was trained on them (its frame count and size).
     spec = decode_lib.SamplingSpec(num_frames=scorer.num_frames, size=scorer.image_size)
@@ -461,8 +486,70 @@ class CaptionT5Task(task_lib.Task):
         for vid, valid, concepts in zip(batch["video_id"], batch["valid"], top):
           if bool(valid):
             self._concepts[vid] = list(concepts)
-    logging.info("CLIP-guided concepts for %d clips from %s", len(self._concepts), clip_dir)
+    logging.info("CLIP-guided concepts for %d clips from %s", len(self._concepts), self.clip_dir())
     return self._concepts
+
+  def clip_dir(self) -> str:
+    """The video-text CLIP's workdir: ``thoughts.clip_workdir``, else ``<workdir>/vificlip``."""
+    tc = self.config.thoughts
+    return tc.clip_workdir or (os.path.join(self.workdir, "vificlip") if self.workdir else "")
+
+  def clip_scorer(self, purpose: str):
+    """The video-text CLIP (a restored ViFi-CLIP run) for concepts and caption ranking."""
+    if self._clip_scorer is None:
+      from t5video.recipes import vificlip as vificlip_recipe  # heavy; only when used
+      clip_dir = self.clip_dir()
+      if not clip_dir:
+        raise ValueError(f"{purpose}, which needs a video-text CLIP, but thoughts.clip_workdir is not set")
+      self._clip_scorer = vificlip_recipe.ConceptScorer.from_workdir(clip_dir)
+    return self._clip_scorer
+
+  def needs_clip(self) -> bool:
+    return "concepts" in self.config.thoughts.sources or self.config.eval.rerank.candidates > 0
+
+  def clip_stage_config(self) -> ml_collections.ConfigDict:
+    """``thoughts.clip_stage.config`` pointed at this run's data (every class, no rendering)."""
+    from t5video import cli  # pylint: disable=g-import-not-at-top
+    st, d = self.config.thoughts.clip_stage, self.config.data
+    c = cli.load_config_file(st.config)
+    c.data.root = self.root
+    c.data.layout = "generic" if d.layout == "synthetic" else d.layout
+    c.data.layout_kwargs = ({"annotation_path": os.path.join(self.root, d.annotations), "video_root": self.root}
+                            if d.layout in ("synthetic", "generic") and d.get("annotations") else {})
+    if c.data.get("synthetic"):
+      c.data.synthetic.num_videos = 0  # the data is here already
+    c.data.train_split, c.eval.split = d.train_split, d.eval_split
+    c.data.novel_classes = ()
+    c.data.classes = ()
+    c.eval.protocols = tuple(p for p in c.eval.protocols if p != "zero_shot")
+    c.eval.novel_extra_splits = ()
+    c.model.tokenizer = os.path.join(self.clip_dir(), "vificlip_spiece.model")
+    c.train.num_steps = int(st.num_steps)
+    c.seed = self.config.seed
+    return c
+
+  def prepare(self) -> bool:
+    """Trains the ViFi-CLIP stage into ``<workdir>/vificlip`` when configured and unfinished."""
+    tc = self.config.thoughts
+    if not (self.needs_clip() and not tc.clip_workdir and tc.clip_stage.config and self.workdir):
+      return True
+    from t5video import cli  # pylint: disable=g-import-not-at-top
+    from t5video.train import trainer  # pylint: disable=g-import-not-at-top
+    stage_dir = self.clip_dir()
+    done = os.path.join(stage_dir, "final_metrics.json")
+    if os.path.isfile(done):
+      return True
+    print(f"stage 0: video-text CLIP ({tc.clip_stage.config}, {tc.clip_stage.num_steps} steps) "
+          f"in {stage_dir}", flush=True)
+    config = self.clip_stage_config()
+    cli._save_run_config(config, stage_dir)  # pylint: disable=protected-access
+    result = trainer.train(config, stage_dir)
+    if result.get("preempted"):
+      return False
+    if jax.process_index() == 0:
+      with open(done, "w") as f:
+        json.dump(result, f, indent=2, default=float)
+    return True
 
   def concept_vocabulary(self) -> list[str]:
     path = self.config.thoughts.concepts_file or os.path.join(self.root, "concepts.txt")
@@ -611,7 +698,10 @@ class CaptionT5Task(task_lib.Task):
         logits, mut = model.apply(
             {"params": params, "cache": {"t5": cache["t5"]}}, cache["enc"], cache["enc_mask"], tokens,
             decode=True, method=CaptionT5.decode, mutable=["cache"])
-        return logits[:, -1, :], {**cache, "t5": mut["cache"]["t5"]}
+        logits = logits[:, -1, :]  # [b, padded vocab]
+        # Ids past the tokenizer's vocabulary (padding of the embedding table) are never produced.
+        real = jnp.arange(logits.shape[-1]) < self.tokenizer.vocab_size
+        return jnp.where(real, logits, -1e9), {**cache, "t5": mut["cache"]["t5"]}
       return step_fn
 
     def init_cache(hidden, mask):
@@ -624,12 +714,21 @@ class CaptionT5Task(task_lib.Task):
                                    start_id=0, eos_id=self.tokenizer.eos_id)
       return res.tokens, res.scores
 
-    def beam(params, hidden, mask):
+    def beam(params, hidden, mask, beam_size):
       res = decoding.beam_search(make_step(params), init_cache(hidden, mask),
-                                 batch_size=hidden.shape[0], beam_size=ev.beam_size,
+                                 batch_size=hidden.shape[0], beam_size=beam_size,
                                  max_len=max_len, start_id=0, eos_id=self.tokenizer.eos_id,
                                  length_penalty=ev.length_penalty)
       return res.tokens, res.scores
+
+    def sample(params, hidden, mask, rng, num_samples, top_p, temperature):
+      res = decoding.sample(make_step(params), init_cache(hidden, mask), rng,
+                            batch_size=hidden.shape[0], num_samples=num_samples, max_len=max_len,
+                            start_id=0, eos_id=self.tokenizer.eos_id, top_p=top_p,
+                            temperature=temperature)
+      # Length-normalised like beam search's scores, so the two rank alike.
+      lengths = decoding.sequence_lengths(res.tokens, self.tokenizer.eos_id)  # [b, n]
+      return res.tokens, res.scores / decoding.gnmt_length_penalty(lengths, ev.length_penalty)
 
     def rank(params, hidden, mask, cand_ids, cand_mask):
       """Sum log-likelihood of each candidate [C, L] for each example -> [B, C]."""
@@ -648,8 +747,9 @@ class CaptionT5Task(task_lib.Task):
       # [b * c] -> [b, c]
       return (tok * tmask).sum(-1).reshape(b, c)
 
-    return {"encode": jax.jit(encode), "greedy": jax.jit(greedy), "beam": jax.jit(beam),
-            "rank": jax.jit(rank)}
+    return {"encode": jax.jit(encode), "greedy": jax.jit(greedy),
+            "beam": jax.jit(beam, static_argnums=3),
+            "sample": jax.jit(sample, static_argnums=(4, 5, 6)), "rank": jax.jit(rank)}
 
   def _encoder_inputs(self, batch: dict, task: str, drafts: Optional[list[str]] = None):
     texts = []
@@ -676,7 +776,7 @@ class CaptionT5Task(task_lib.Task):
 
     def generate(hidden, mask):
       if ev.beam_size > 1:
-        toks, _ = j["beam"](params, hidden, mask)
+        toks, _ = j["beam"](params, hidden, mask, int(ev.beam_size))
         toks = np.asarray(toks)[:, 0]  # best beam: [b, max_len]
       else:
         toks, _ = j["greedy"](params, hidden, mask)
@@ -689,6 +789,10 @@ class CaptionT5Task(task_lib.Task):
       if "draft" in self.thought_cfg.sources and ev.refine:
         hidden, mask = enc("caption", drafts=caps)
         caps = generate(hidden, mask)
+      if ev.rerank.candidates > 0:
+        out["model_caption"] = caps
+        out["candidates"] = self.ranked_candidates(batch, self.caption_candidates(params, hidden, mask))
+        caps = [c[0]["caption"] if c else "" for c in out["candidates"]]
       out["caption"] = caps
     if "classify" in tasks and self.class_names:
       hidden, mask = enc("classify")
@@ -700,6 +804,65 @@ class CaptionT5Task(task_lib.Task):
       hidden, mask = enc("tags")
       out["tags"] = generate(hidden, mask)
     return out
+
+  def caption_candidates(self, params, hidden, mask, *, source: Optional[str] = None,
+                         num: Optional[int] = None, seed: Optional[int] = None
+                         ) -> list[list[tuple[str, float]]]:
+    """``num`` candidate captions per example with their length-normalised log-probability.
+
+    ``source`` is 'beam' (the ``num`` best beams) or 'sample' (``num`` top-p
+    samples, ``eval.rerank.top_p`` / ``temperature``, seeded by ``seed``);
+    both default to ``eval.rerank``. Duplicates are kept once, at their best
+    score; hypotheses a tiny vocabulary could not fill (score ``-inf``) are
+    dropped. This is also how pseudo-labels are drawn.
+    """
+    r = self.config.eval.rerank
+    source = source or r.source
+    num = int(num or r.candidates or 1)
+    j = self._jitted
+    if source == "beam":
+      toks, scores = j["beam"](params, hidden, mask, num)
+    elif source == "sample":
+      rng = jax.random.PRNGKey(int(r.seed if seed is None else seed))
+      toks, scores = j["sample"](params, hidden, mask, rng, num, float(r.top_p), float(r.temperature))
+    else:
+      raise ValueError(f"eval.rerank.source must be 'beam' or 'sample', got {source!r}")
+    toks, scores = np.asarray(toks), np.asarray(scores)  # [b, num, len], [b, num]
+    out = []
+    for row_toks, row_scores in zip(toks, scores):
+      best: dict[str, float] = {}
+      for text, score in zip(self.tokenizer.decode_batch(row_toks), row_scores):
+        if np.isfinite(score) and score > best.get(text, -np.inf):
+          best[text] = float(score)
+      out.append(sorted(best.items(), key=lambda kv: -kv[1]))
+    return out
+
+  def video_text_similarity(self, batch: dict, texts: list[list[str]]) -> list[np.ndarray]:
+    """cos(video, text) under the video-text CLIP for each example's own texts."""
+    if "frames" not in batch:
+      raise ValueError("eval.rerank needs decoded frames; it is not available when training on "
+                       "cached features (data.features_dir)")
+    scorer = self.clip_scorer(purpose="eval.rerank.candidates > 0")
+    videos = scorer.embed_videos(scorer.fit_frames(np.asarray(batch["frames"])))  # [b, p]
+    flat = sorted({t for row in texts for t in row})
+    if not flat:
+      return [np.zeros((0,), np.float32) for _ in texts]
+    emb = scorer.embed_texts(flat)  # [n, p]
+    index = {t: i for i, t in enumerate(flat)}
+    return [emb[[index[t] for t in row]] @ v if row else np.zeros((0,), np.float32)
+            for v, row in zip(videos, texts)]
+
+  def ranked_candidates(self, batch: dict, candidates: list[list[tuple[str, float]]]
+                        ) -> list[list[dict[str, float]]]:
+    """Re-ranks candidates by ``log-prob + eval.rerank.weight * cos(video, caption)``, best first."""
+    weight = float(self.config.eval.rerank.weight)
+    sims = self.video_text_similarity(batch, [[c for c, _ in row] for row in candidates])
+    ranked = []
+    for row, sim in zip(candidates, sims):
+      items = [{"caption": c, "logprob": lp, "clip": float(s), "score": lp + weight * float(s)}
+               for (c, lp), s in zip(row, sim)]
+      ranked.append(sorted(items, key=lambda d: -d["score"]))
+    return ranked
 
   def _eval_loader(self, records, batch_size, split: Optional[str] = None):
     if self.features_shape:
@@ -741,6 +904,8 @@ class CaptionT5Task(task_lib.Task):
           refs[vid], cands[vid] = list(batch["captions"][i]), [pred["caption"][i]]
           row.update(caption=pred["caption"][i], draft=pred["draft"][i],
                      references=list(batch["captions"][i]))
+          if "candidates" in pred:
+            row.update(model_caption=pred["model_caption"][i], candidates=pred["candidates"][i])
         if "class_scores" in pred and batch["label"][i]:
           labels.append(self.class_names.index(batch["label"][i]))
           scores.append(pred["class_scores"][i])

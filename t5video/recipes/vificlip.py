@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from t5video.data.frame_cache import FrameCache
 from t5video.data.records import VideoRecord
 from t5video.models import clip as clip_lib
 from t5video.models import vificlip as vifi
@@ -151,6 +152,8 @@ def read_records(data: ml_collections.ConfigDict, split: str, allow_empty: bool 
     synthetic.render_dataset(data.root, int(s.num_videos), int(s.seed),
                              sizes=tuple(tuple(x) for x in s.sizes), class_prior=str(s.class_prior),
                              min_seconds=float(s.min_seconds), max_seconds=float(s.max_seconds),
+                             backgrounds=tuple(s.backgrounds) if s.get("backgrounds") else None,
+                             max_distractors=int(s.get("max_distractors", 2)),
                              overwrite=bool(s.get("overwrite", False)))
   from t5video.data import layouts  # pylint: disable=g-import-not-at-top
   kwargs = _as_dict(data.get("layout_kwargs"))
@@ -266,6 +269,8 @@ class ViFiCLIPTask(task_lib.Task):
     self.model = vifi.ViFiCLIP(self.model_config)
     self.text_len = min(int(m.text_len), self.model_config.max_text_len)
     self.class_ids, self.class_mask = self.prompt_ids(self.train_classes)
+    # Decode each training clip once (data.cache_frames); used by train_loader only.
+    self.frame_cache = FrameCache() if d.get("cache_frames", False) else None
 
   # ---- data and text ---------------------------------------------------------
 
@@ -327,10 +332,12 @@ class ViFiCLIPTask(task_lib.Task):
     size = size or int(d.size)
     # A larger eval square (multi-crop) resizes at least to that square.
     resize_short = max(int(d.resize_short), size) if d.get("resize_short") else None
+    # The frame cache stores centre crops, so caching trades random crops for speed.
+    random_crop = train and not d.get("cache_frames", False)
     return decode.SamplingSpec(
         num_frames=num_frames or int(d.num_frames), mode="segment" if train else "uniform",
         size=size, resize_short=resize_short,
-        crop="random" if train else "center", flip=bool(d.flip) and train)
+        crop="random" if random_crop else "center", flip=bool(d.flip) and train)
 
   # ---- Task API --------------------------------------------------------------
 
@@ -385,7 +392,8 @@ class ViFiCLIPTask(task_lib.Task):
     cls, con = self._needs()
     transform = ExampleTransform(self.class_index if cls else {}, self.tokenizer, self.text_len, seed, con)
     it = pipeline.make_loader(
-        self.train_records(), transform=pipeline.VideoDecodeTransform(self.sampling_spec(True), True, seed),
+        self.train_records(),
+        transform=pipeline.VideoDecodeTransform(self.sampling_spec(True), True, seed, decoder=self.frame_cache),
         batch_size=batch_size, seed=seed, shard_index=process_index, shard_count=process_count,
         worker_count=int(d.get("worker_count", 0)), read_threads=int(d.get("read_threads", 2)),
         extra_transforms=(transform,), max_failure_ratio=d.get("max_failure_ratio", 0.1))
@@ -775,6 +783,30 @@ class ConceptScorer:
   @property
   def image_size(self) -> int:
     return int(self.task.config.data.size)
+
+  def fit_frames(self, frames: np.ndarray) -> np.ndarray:
+    """Frames of another model's sampling -> this model's frame count and square size.
+
+    ``[B, T, H, W, 3]`` uint8 -> ``[B, num_frames, image_size, image_size, 3]``:
+    ``num_frames`` indices spread uniformly over T (repeating when T is
+    smaller), then a bilinear resize when H or W differ (non-square frames
+    are centre-cropped to a square first).
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 5:
+      raise ValueError(f"frames must be uint8 [batch, frames, H, W, 3], got shape {frames.shape}")
+    b, t, h, w, _ = frames.shape
+    idx = np.floor((np.arange(self.num_frames) + 0.5) * t / self.num_frames).astype(int)
+    frames = frames[:, np.clip(idx, 0, t - 1)]  # [B, T', H, W, 3]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    frames = frames[:, :, top:top + side, left:left + side]  # [B, T', S, S, 3]
+    if side != self.image_size:
+      size = self.image_size
+      resized = jax.image.resize(jnp.asarray(frames, jnp.float32),
+                                 (b, self.num_frames, size, size, 3), method="bilinear")
+      frames = np.asarray(jnp.clip(jnp.round(resized), 0, 255)).astype(np.uint8)
+    return frames
 
   def embed_videos(self, frames: np.ndarray) -> np.ndarray:
     """uint8 ``[B, T, H, W, 3]`` (T = the model's frames, H = W = its size) -> ``[B, P]`` normalised."""

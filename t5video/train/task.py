@@ -41,6 +41,15 @@ class Task(abc.ABC):
     # ``train_loader`` / ``evaluate`` are called (None outside a run).
     self.workdir: str | None = None
 
+  def prepare(self) -> bool:
+    """Runs what must exist before training, e.g. an earlier stage in a sub-workdir.
+
+    Called by the trainer once ``workdir`` is set, before the data loader is
+    built. Returns False when that work was preempted (the trainer then exits
+    without training; running the same command again resumes it).
+    """
+    return True
+
   @abc.abstractmethod
   def init_params(self, rng: jax.Array) -> Params:
     """Returns freshly initialised params, boxed with ``nn.with_logical_partitioning``.

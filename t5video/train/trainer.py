@@ -504,6 +504,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   logging.info(msg)
   if is_main:
     print(msg, flush=True)
+  if not engine.task.prepare():
+    logging.warning("preempted while preparing %s; run the same command again to resume", workdir)
+    return {"step": 0, "loss": None, "preempted": True, "nonfinite_total": 0, "eval": {}}
 
   # ---- data ------------------------------------------------------------------
   loader = engine.task.train_loader(
