@@ -233,3 +233,16 @@ def test_clip_stage_concepts_and_reranking(data_root, tmp_path):
   a = task.caption_candidates(params, hidden, mask, source="sample", num=5, seed=3)
   b = task.caption_candidates(params, hidden, mask, source="sample", num=5, seed=3)
   assert a == b
+
+
+def test_concept_vocabulary_file_or_caption_words(data_root, tmp_path):
+  from t5video.recipes import captiont5
+  task = captiont5.CaptionT5Task(_base_config(data_root))
+  assert task.concept_vocabulary() == open(os.path.join(data_root, "concepts.txt")).read().split("\n")[:-1]
+  task.root = str(tmp_path)  # a dataset without concepts.txt: the captions' frequent content words
+  vocab = task.concept_vocabulary()
+  assert 0 < len(vocab) <= task.config.thoughts.vocab_size
+  assert "the" not in vocab and "and" not in vocab and "background" in vocab
+  task.config.thoughts.concepts_file = str(tmp_path / "missing.txt")
+  with pytest.raises(FileNotFoundError, match="thoughts.concepts_file"):
+    task.concept_vocabulary()

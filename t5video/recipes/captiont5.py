@@ -117,7 +117,8 @@ def base_config() -> ml_collections.ConfigDict:
       # eval.rerank need a CLIP and clip_workdir is ''): a config file[:arg] (relative to the
       # current directory or the repository) and its steps; '' = no stage.
       clip_stage=dict(config="", num_steps=2000),
-      concepts_file="",             # default: <data.root>/concepts.txt
+      concepts_file="",             # default: <data.root>/concepts.txt, else caption words
+      vocab_size=200,               # concepts taken from the captions when there is no file
   )
   c.model = dict(
       clip=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -290,6 +291,16 @@ def _dtype(name: str):
 
 def _round_up(n: int, k: int) -> int:
   return ((n + k - 1) // k) * k
+
+
+# Words never used as concepts when the vocabulary comes from the captions.
+_FUNCTION_WORDS = frozenset("""
+a an the and or but of to in on at by for with from into onto over under as is are was were be
+been being it its it's this that these those there here then than so very just also while when where
+which who whom whose what how why not no yes can could will would should may might must do does did
+has have had having he she they them their his her him we you your our i me my one two some any all
+each every more most other such only own same too out off about above below after before again once
+""".split())
 
 
 def fill_defaults(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
@@ -552,11 +563,26 @@ class CaptionT5Task(task_lib.Task):
     return True
 
   def concept_vocabulary(self) -> list[str]:
-    path = self.config.thoughts.concepts_file or os.path.join(self.root, "concepts.txt")
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path}: the concept vocabulary for CLIP-guided thoughts")
-    with open(path) as f:
-      return [line.strip() for line in f if line.strip()]
+    """``thoughts.concepts_file``, else ``<data.root>/concepts.txt``, else words of the training captions.
+
+    The fallback takes the ``thoughts.vocab_size`` most frequent words of the
+    training captions that are not function words (ties broken
+    alphabetically), so a user's own dataset works without a vocabulary file.
+    """
+    tc = self.config.thoughts
+    path = tc.concepts_file or os.path.join(self.root, "concepts.txt")
+    if os.path.isfile(path):
+      with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+    if tc.concepts_file:
+      raise FileNotFoundError(f"thoughts.concepts_file={tc.concepts_file!r} does not exist")
+    counts = collections.Counter(
+        w for r in self.records[self.config.data.train_split] for c in r.captions
+        for w in re.findall(r"[a-z][a-z'-]+", c.lower()) if w not in _FUNCTION_WORDS and len(w) > 2)
+    vocab = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][:int(tc.vocab_size)]
+    if not vocab:
+      raise ValueError(f"no concept vocabulary: {path} is missing and the training captions have no words")
+    return vocab
 
   # ---- Task API -------------------------------------------------------------------
   def _dummy(self, batch: int = 1):
