@@ -44,8 +44,9 @@ def _parse_config_flags(argv: Sequence[str], command: str, *, config_required: b
   from ml_collections import config_flags
 
   fv = flags.FlagValues()
+  # sys_argv: the overrides come from ``argv`` (cli.main called from Python), not sys.argv.
   config_flags.DEFINE_config_file("config", None, "Config file path[:arg].", flag_values=fv,
-                                  lock_config=True)
+                                  lock_config=True, sys_argv=[f"t5video {command}"] + list(argv))
   flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, metrics).", flag_values=fv)
   if command == "eval":
     flags.DEFINE_string("split", "", "Split to evaluate (default: config.data.eval_split).",
@@ -196,11 +197,20 @@ def cmd_zero_shot(argv: Sequence[str]) -> int:
   p.add_argument("--classes", required=True, help='comma-separated class names, e.g. "a,b,c"')
   p.add_argument("videos", nargs="+")
   args = p.parse_args(argv)
-  from t5video.recipes import vificlip
   classes = [c.strip() for c in args.classes.split(",") if c.strip()]
   if len(classes) < 2:
     raise SystemExit("t5video zero-shot: --classes needs at least two names")
-  for path, probs in zip(args.videos, vificlip.zero_shot(args.workdir, classes, args.videos)):
+  if len(set(classes)) < len(classes):
+    raise SystemExit(f"t5video zero-shot: --classes names a class twice: {classes}")
+  missing = [v for v in args.videos if not os.path.isfile(v)]
+  if missing:  # before restoring the model
+    raise SystemExit(f"t5video zero-shot: no such video file: {', '.join(missing)}")
+  from t5video.recipes import vificlip
+  try:
+    results = vificlip.zero_shot(args.workdir, classes, args.videos)
+  except (FileNotFoundError, ValueError) as e:  # not a ViFi-CLIP workdir, undecodable videos
+    raise SystemExit(f"t5video zero-shot: {e}")
+  for path, probs in zip(args.videos, results):
     ranked = sorted(probs.items(), key=lambda kv: -kv[1])
     print(path + "\n" + "\n".join(f"  {p:6.3f}  {c}" for c, p in ranked))
   return 0
@@ -218,7 +228,10 @@ def cmd_data(argv: Sequence[str]) -> int:
 
 def cmd_extract_features(argv: Sequence[str]) -> int:
   from t5video.data import features
-  return int(features.main(list(argv)) or 0)
+  try:
+    return int(features.main(list(argv)) or 0)
+  except (FileNotFoundError, ValueError) as e:  # missing dataset / checkpoint, --out of another run
+    raise SystemExit(f"t5video extract-features: {e}")
 
 
 def cmd_convert(argv: Sequence[str]) -> int:
