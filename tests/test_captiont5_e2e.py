@@ -177,23 +177,28 @@ def test_bad_config_values_are_named(data_root):
 
 @pytest.mark.slow
 def test_clip_stage_concepts_and_reranking(data_root, tmp_path):
-  """A ViFi-CLIP stage trains first in <workdir>/vificlip; it picks the concept
-  thoughts and re-ranks sampled captions by log-prob + weight x cos(video, caption)."""
-  from t5video.recipes import captiont5, vificlip
+  """A cross-fitted ViFi-CLIP stage (2 folds) trains first in <workdir>/vificlip_fold*; the
+  CLIP that never saw a training clip picks its concept thoughts, and sampled captions are
+  re-ranked by log-prob + weight x cos(video, caption)."""
+  from t5video.data.records import fold_of
+  from t5video.recipes import vificlip
   from t5video.train import trainer
   config = _base_config(data_root, **{
       "thoughts.sources": ("concepts", "metadata"), "thoughts.top_k": 3,
       "thoughts.clip_stage.config": "configs/vificlip/synthetic.py:mean,tiny",
-      "thoughts.clip_stage.num_steps": 6, "train.num_steps": 8, "train.checkpoint_every": 8,
+      "thoughts.clip_stage.num_steps": 6, "thoughts.clip_stage.folds": 2,
+      "train.num_steps": 8, "train.checkpoint_every": 8,
       "eval.rerank.candidates": 4, "eval.rerank.source": "sample", "eval.rerank.weight": 2.0})
   workdir = str(tmp_path / "run")
   cli._save_run_config(config, workdir)
   result = trainer.train(config, workdir)
   assert result["step"] == 8
-  stage = os.path.join(workdir, "vificlip")
-  assert json.load(open(os.path.join(stage, "final_metrics.json")))["step"] == 6
-  stage_cfg = json.load(open(os.path.join(stage, "config.json")))
-  assert stage_cfg["data"]["root"] == data_root and stage_cfg["data"]["novel_classes"] == []
+  stages = [os.path.join(workdir, f"vificlip_fold{k}") for k in range(2)]
+  for k, stage in enumerate(stages):
+    assert json.load(open(os.path.join(stage, "final_metrics.json")))["step"] == 6
+    stage_cfg = json.load(open(os.path.join(stage, "config.json")))
+    assert stage_cfg["data"]["root"] == data_root and stage_cfg["data"]["novel_classes"] == []
+    assert stage_cfg["data"]["holdout_fold"] == [k, 2]
 
   task, params = cli.restore_task(cli.load_run_config(workdir), workdir)
   vocab = task.concept_vocabulary()
@@ -201,10 +206,21 @@ def test_clip_stage_concepts_and_reranking(data_root, tmp_path):
   test_ids = {r.video_id for r in task.eval_records()}
   assert test_ids <= set(concepts)
   assert all(len(c) == 3 and set(c) <= set(vocab) for c in concepts.values())
+  # Each fold's CLIP trained without that fold's clips and labels exactly them.
+  scorers = [vificlip.ConceptScorer.from_workdir(s) for s in stages]
+  for k, scorer in enumerate(scorers):
+    seen = {r.video_id for r in scorer.task.train_records()}
+    assert seen and all(fold_of(v, 2) != k for v in seen)
+  train = task.records[task.config.data.train_split][:6]
+  from t5video.data import decode
+  spec = decode.SamplingSpec(num_frames=scorers[0].num_frames, size=scorers[0].image_size)  # as concepts()
+  for r in train:
+    frames = decode.decode_video(r.path, spec).frames[None]
+    row = scorers[fold_of(r.video_id, 2)].scores(frames, vocab)[0]
+    assert concepts[r.video_id] == [vocab[j] for j in np.argsort(-row, kind="stable")[:3]]
 
   samples = [json.loads(l) for l in open(os.path.join(workdir, "samples_step8.jsonl"))]
   assert samples
-  scorer = vificlip.ConceptScorer.from_workdir(stage)
   batch = next(iter(task._eval_loader(task.eval_records(), 8)))
   sims = task.video_text_similarity(batch, [[s["caption"]] for s in samples[:1]])
   for s in samples:
@@ -215,11 +231,15 @@ def test_clip_stage_concepts_and_reranking(data_root, tmp_path):
     for c in cands:
       assert abs(c["score"] - (c["logprob"] + 2.0 * c["clip"])) < 1e-5
       assert -1.0 - 1e-5 <= c["clip"] <= 1.0 + 1e-5 and c["logprob"] <= 0.0
-  # The similarity is the stage CLIP's cosine for the same frames.
-  frames = scorer.fit_frames(np.asarray(batch["frames"][:1]))
-  expected = scorer.scores(frames, [samples[0]["caption"]])[0, 0]
+  # The similarity is the mean of the folds' CLIP cosines for the same frames.
   assert batch["video_id"][0] == samples[0]["video_id"]
+  expected = np.mean([s.scores(s.fit_frames(np.asarray(batch["frames"][:1])), [samples[0]["caption"]])[0, 0]
+                      for s in scorers])
   assert abs(float(sims[0][0]) - float(expected)) < 1e-5
+  # A user's file (an id the dataset does not have) gets concepts from its frames.
+  user = dict(batch, video_id=["user-file:0:x.mp4"] + list(batch["video_id"][1:]))
+  got = task.batch_concepts(user)[0]
+  assert len(got) == 3 and set(got) <= set(vocab)
 
   # Beam candidates: weight 0 keeps the model's own order (best beam first).
   hidden, mask = task._jitted["encode"](

@@ -63,3 +63,13 @@ class VideoRecord:
     d = dict(d)
     d["moments"] = [Moment(**m) for m in d.get("moments", [])]
     return cls(**d)
+
+
+def fold_of(video_id: str, num_folds: int) -> int:
+  """A stable fold index in ``[0, num_folds)`` for a video id (md5 of the id).
+
+  Used to cross-fit a model stage: a model trained without fold ``k`` labels
+  the clips of fold ``k``, so no clip is labelled by a model that saw it.
+  """
+  import hashlib  # pylint: disable=g-import-not-at-top
+  return int(hashlib.md5(video_id.encode("utf-8")).hexdigest(), 16) % int(num_folds)

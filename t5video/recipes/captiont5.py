@@ -48,7 +48,7 @@ from t5video.data import pipeline
 from t5video.data import thoughts as thoughts_lib
 from t5video.data import tokenizer as tokenizer_lib
 from t5video.data.frame_cache import FrameCache
-from t5video.data.records import VideoRecord
+from t5video.data.records import VideoRecord, fold_of
 from t5video.evaluate import caption_metrics
 from t5video.evaluate import classification as cls_metrics
 from t5video.evaluate import decoding
@@ -116,7 +116,10 @@ def base_config() -> ml_collections.ConfigDict:
       # A ViFi-CLIP stage trained on this run's own data before CaptionT5 (when 'concepts' or
       # eval.rerank need a CLIP and clip_workdir is ''): a config file[:arg] (relative to the
       # current directory or the repository) and its steps; '' = no stage.
-      clip_stage=dict(config="", num_steps=2000),
+      # folds > 1 cross-fits it: one CLIP per fold, trained without that fold's training clips,
+      # picks that fold's concepts (a CLIP trained on a clip knows it too well); other clips get
+      # the folds' mean similarity.
+      clip_stage=dict(config="", num_steps=2000, folds=1),
       concepts_file="",             # default: <data.root>/concepts.txt, else caption words
       vocab_size=200,               # concepts taken from the captions when there is no file
   )
@@ -429,7 +432,7 @@ class CaptionT5Task(task_lib.Task):
                                         crop="center", flip=False)
     self.frame_cache = FrameCache() if d.cache_frames else None
     self._concepts: Optional[dict[str, list[str]]] = None
-    self._clip_scorer = None
+    self._clip_scorers: Optional[list] = None
     counts = collections.Counter(r.label for r in train if r.label)
     self.train_class_counts = counts
     self.caption_prior = collections.Counter(c for r in train for c in r.captions)
@@ -475,50 +478,86 @@ class CaptionT5Task(task_lib.Task):
 
   # ---- CLIP-guided concepts -------------------------------------------------------
   def concepts(self) -> dict[str, list[str]]:
-    """video_id -> top concepts from the video-text CLIP (empty when not configured)."""
+    """video_id -> top concepts from the video-text CLIP (empty when not configured).
+
+    Training clips of fold ``k`` are scored by the CLIP trained without fold
+    ``k`` (``thoughts.clip_stage.folds``); every other clip by all folds'
+    CLIPs, their cosine similarities averaged.
+    """
     if self._concepts is not None:
       return self._concepts
     self._concepts = {}
     tc = self.config.thoughts
     if "concepts" not in tc.sources:
       return self._concepts
-    scorer = self.clip_scorer(purpose="thoughts.sources has 'concepts'")
+    scorers = self.clip_scorers(purpose="thoughts.sources has 'concepts'")
     vocab = self.concept_vocabulary()
     # Frames as the video-text CLIP was trained on them (its frame count and size).
-    spec = decode_lib.SamplingSpec(num_frames=scorer.num_frames, size=scorer.image_size)
-    for recs in self.records.values():
+    spec = decode_lib.SamplingSpec(num_frames=scorers[0].num_frames, size=scorers[0].image_size)
+    train_split = self.config.data.train_split
+    for split, recs in self.records.items():
       loader = pipeline.make_loader(
           list(recs), transform=pipeline.VideoDecodeTransform(spec, train=False, seed=0),
           batch_size=32, seed=0, shuffle=False, num_epochs=1, shard_index=0, shard_count=1,
           worker_count=0, drop_remainder=False, pad_to_batch=True,
           read_threads=self.config.data.read_threads)
       for batch in loader:
-        top = scorer.top_concepts(np.asarray(batch["frames"]), vocab, tc.top_k)
-        for vid, valid, concepts in zip(batch["video_id"], batch["valid"], top):
-          if bool(valid):
-            self._concepts[vid] = list(concepts)
-    logging.info("CLIP-guided concepts for %d clips from %s", len(self._concepts), self.clip_dir())
+        frames = np.asarray(batch["frames"])
+        sims = np.stack([s.scores(frames, vocab) for s in scorers])  # [folds, b, concepts]
+        for i, (vid, valid) in enumerate(zip(batch["video_id"], batch["valid"])):
+          if not bool(valid):
+            continue
+          if split == train_split and len(scorers) > 1:
+            row = sims[fold_of(vid, len(scorers)), i]  # the CLIP that never saw this clip
+          else:
+            row = sims[:, i].mean(0)
+          self._concepts[vid] = [vocab[j] for j in np.argsort(-row, kind="stable")[:tc.top_k]]
+    logging.info("CLIP-guided concepts for %d clips from %s", len(self._concepts), self.clip_dirs())
     return self._concepts
 
-  def clip_dir(self) -> str:
-    """The video-text CLIP's workdir: ``thoughts.clip_workdir``, else ``<workdir>/vificlip``."""
-    tc = self.config.thoughts
-    return tc.clip_workdir or (os.path.join(self.workdir, "vificlip") if self.workdir else "")
+  def batch_concepts(self, batch: dict) -> list[Optional[list[str]]]:
+    """Concepts per example: precomputed by video id, else scored from the batch's frames."""
+    if "concepts" not in self.config.thoughts.sources:
+      return [None] * len(batch["video_id"])
+    known = self.concepts()
+    missing = [i for i, v in enumerate(batch["video_id"]) if v not in known]
+    out = [known.get(v) for v in batch["video_id"]]
+    if missing and "frames" in batch:  # e.g. a user's own files (`t5video caption`)
+      vocab = self.concept_vocabulary()
+      scorers = self.clip_scorers(purpose="thoughts.sources has 'concepts'")
+      frames = np.asarray(batch["frames"])[missing]
+      sims = np.mean([s.scores(s.fit_frames(frames), vocab) for s in scorers], axis=0)  # [m, concepts]
+      for i, row in zip(missing, sims):
+        out[i] = [vocab[j] for j in np.argsort(-row, kind="stable")[:self.config.thoughts.top_k]]
+    return out
 
-  def clip_scorer(self, purpose: str):
-    """The video-text CLIP (a restored ViFi-CLIP run) for concepts and caption ranking."""
-    if self._clip_scorer is None:
+  def clip_dirs(self) -> list[str]:
+    """The video-text CLIP workdirs: ``thoughts.clip_workdir``, else ``<workdir>/vificlip``
+    (``<workdir>/vificlip_fold<k>`` for each fold when cross-fitted)."""
+    tc = self.config.thoughts
+    if tc.clip_workdir:
+      return [tc.clip_workdir]
+    if not self.workdir:
+      return []
+    folds = int(tc.clip_stage.get("folds", 1))
+    if folds > 1:
+      return [os.path.join(self.workdir, f"vificlip_fold{k}") for k in range(folds)]
+    return [os.path.join(self.workdir, "vificlip")]
+
+  def clip_scorers(self, purpose: str) -> list:
+    """The video-text CLIPs (restored ViFi-CLIP runs) for concepts and caption ranking."""
+    if self._clip_scorers is None:
       from t5video.recipes import vificlip as vificlip_recipe  # heavy; only when used
-      clip_dir = self.clip_dir()
-      if not clip_dir:
+      dirs = self.clip_dirs()
+      if not dirs:
         raise ValueError(f"{purpose}, which needs a video-text CLIP, but thoughts.clip_workdir is not set")
-      self._clip_scorer = vificlip_recipe.ConceptScorer.from_workdir(clip_dir)
-    return self._clip_scorer
+      self._clip_scorers = [vificlip_recipe.ConceptScorer.from_workdir(d) for d in dirs]
+    return self._clip_scorers
 
   def needs_clip(self) -> bool:
     return "concepts" in self.config.thoughts.sources or self.config.eval.rerank.candidates > 0
 
-  def clip_stage_config(self) -> ml_collections.ConfigDict:
+  def clip_stage_config(self, fold: Optional[int] = None) -> ml_collections.ConfigDict:
     """``thoughts.clip_stage.config`` pointed at this run's data (every class, no rendering)."""
     from t5video import cli  # pylint: disable=g-import-not-at-top
     st, d = self.config.thoughts.clip_stage, self.config.data
@@ -532,34 +571,39 @@ class CaptionT5Task(task_lib.Task):
     c.data.train_split, c.eval.split = d.train_split, d.eval_split
     c.data.novel_classes = ()
     c.data.classes = ()
+    if fold is not None:
+      c.data.holdout_fold = (fold, int(st.folds))
     c.eval.protocols = tuple(p for p in c.eval.protocols if p != "zero_shot")
     c.eval.novel_extra_splits = ()
-    c.model.tokenizer = os.path.join(self.clip_dir(), "vificlip_spiece.model")
+    stage_dir = self.clip_dirs()[fold or 0]
+    c.model.tokenizer = os.path.join(stage_dir, "vificlip_spiece.model")
     c.train.num_steps = int(st.num_steps)
     c.seed = self.config.seed
     return c
 
   def prepare(self) -> bool:
-    """Trains the ViFi-CLIP stage into ``<workdir>/vificlip`` when configured and unfinished."""
+    """Trains the ViFi-CLIP stage (each fold) into ``<workdir>/vificlip*`` when configured and unfinished."""
     tc = self.config.thoughts
     if not (self.needs_clip() and not tc.clip_workdir and tc.clip_stage.config and self.workdir):
       return True
     from t5video import cli  # pylint: disable=g-import-not-at-top
     from t5video.train import trainer  # pylint: disable=g-import-not-at-top
-    stage_dir = self.clip_dir()
-    done = os.path.join(stage_dir, "final_metrics.json")
-    if os.path.isfile(done):
-      return True
-    print(f"stage 0: video-text CLIP ({tc.clip_stage.config}, {tc.clip_stage.num_steps} steps) "
-          f"in {stage_dir}", flush=True)
-    config = self.clip_stage_config()
-    cli._save_run_config(config, stage_dir)  # pylint: disable=protected-access
-    result = trainer.train(config, stage_dir)
-    if result.get("preempted"):
-      return False
-    if jax.process_index() == 0:
-      with open(done, "w") as f:
-        json.dump(result, f, indent=2, default=float)
+    dirs = self.clip_dirs()
+    for k, stage_dir in enumerate(dirs):
+      done = os.path.join(stage_dir, "final_metrics.json")
+      if os.path.isfile(done):
+        continue
+      what = f"fold {k + 1}/{len(dirs)}, trained without that fold's clips, " if len(dirs) > 1 else ""
+      print(f"stage 0: video-text CLIP ({what}{tc.clip_stage.config}, {tc.clip_stage.num_steps} steps) "
+            f"in {stage_dir}", flush=True)
+      config = self.clip_stage_config(k if len(dirs) > 1 else None)
+      cli._save_run_config(config, stage_dir)  # pylint: disable=protected-access
+      result = trainer.train(config, stage_dir)
+      if result.get("preempted"):
+        return False
+      if jax.process_index() == 0:
+        with open(done, "w") as f:
+          json.dump(result, f, indent=2, default=float)
     return True
 
   def concept_vocabulary(self) -> list[str]:
@@ -779,11 +823,11 @@ class CaptionT5Task(task_lib.Task):
 
   def _encoder_inputs(self, batch: dict, task: str, drafts: Optional[list[str]] = None):
     texts = []
-    concepts = self.concepts()
+    concepts = self.batch_concepts(batch)
     for i in range(len(batch["video_id"])):
       th = thoughts_lib.build_thoughts(
           batch["metadata"][i], batch["subtitle"][i], self.thought_cfg,
-          concepts=concepts.get(batch["video_id"][i]),
+          concepts=concepts[i],
           draft=drafts[i] if drafts else None, rng=None)
       texts.append(thoughts_lib.encoder_text(task, th))
     return self.tokenizer.encode_batch(texts, self.config.text.max_input_len)
@@ -864,19 +908,20 @@ class CaptionT5Task(task_lib.Task):
     return out
 
   def video_text_similarity(self, batch: dict, texts: list[list[str]]) -> list[np.ndarray]:
-    """cos(video, text) under the video-text CLIP for each example's own texts."""
+    """cos(video, text) under the video-text CLIP(s) for each example's own texts (mean over folds)."""
     if "frames" not in batch:
       raise ValueError("eval.rerank needs decoded frames; it is not available when training on "
                        "cached features (data.features_dir)")
-    scorer = self.clip_scorer(purpose="eval.rerank.candidates > 0")
-    videos = scorer.embed_videos(scorer.fit_frames(np.asarray(batch["frames"])))  # [b, p]
     flat = sorted({t for row in texts for t in row})
     if not flat:
       return [np.zeros((0,), np.float32) for _ in texts]
-    emb = scorer.embed_texts(flat)  # [n, p]
+    scorers = self.clip_scorers(purpose="eval.rerank.candidates > 0")
+    frames = np.asarray(batch["frames"])
+    # [b, n]: every example against every text, averaged over the CLIPs.
+    sims = np.mean([s.scores(s.fit_frames(frames), flat) for s in scorers], axis=0)
     index = {t: i for i, t in enumerate(flat)}
-    return [emb[[index[t] for t in row]] @ v if row else np.zeros((0,), np.float32)
-            for v, row in zip(videos, texts)]
+    return [sims[b, [index[t] for t in row]] if row else np.zeros((0,), np.float32)
+            for b, row in enumerate(texts)]
 
   def ranked_candidates(self, batch: dict, candidates: list[list[tuple[str, float]]]
                         ) -> list[list[dict[str, float]]]:
@@ -1013,7 +1058,7 @@ class CaptionT5Task(task_lib.Task):
   # ---- user files and robustness ----------------------------------------------------
   def caption_files(self, params, paths: Sequence[str]) -> list[dict[str, Any]]:
     """Caption, class and tags for a user's own video files (``t5video caption``)."""
-    records = [VideoRecord(video_id=f"file{i}", path=os.path.abspath(p), split="user")
+    records = [VideoRecord(video_id=f"user-file:{i}:{os.path.basename(p)}", path=os.path.abspath(p), split="user")
                for i, p in enumerate(paths)]
     loader = pipeline.make_loader(
         records, transform=pipeline.VideoDecodeTransform(self._eval_spec(), train=False, seed=0),

@@ -54,7 +54,7 @@ import ml_collections
 import numpy as np
 
 from t5video.data.frame_cache import FrameCache
-from t5video.data.records import VideoRecord
+from t5video.data.records import VideoRecord, fold_of
 from t5video.models import clip as clip_lib
 from t5video.models import vificlip as vifi
 from t5video.train import task as task_lib
@@ -379,6 +379,9 @@ class ViFiCLIPTask(task_lib.Task):
       records = [r for r in records if r.label not in self.novel_classes]
     if cls:
       records = [r for r in records if r.label in self.class_index]
+    if d.get("holdout_fold"):  # (k, n): train without fold k of n (cross-fitting, records.fold_of)
+      k, n = (int(v) for v in d.holdout_fold)
+      records = [r for r in records if fold_of(r.video_id, n) != k]
     if d.get("k_shot", 0):
       records = k_shot(records, int(d.k_shot), int(d.get("k_shot_seed", 0)))
     if not records:
