@@ -143,7 +143,9 @@ def restore_task(config, workdir: str):
   import flax.linen as nn
   import jax
   from t5video.train import checkpoint as checkpoint_lib
+  from t5video.train import paths
   from t5video.train import task as task_lib
+  workdir = paths.normalize(workdir)  # Orbax (and sub-workdirs such as a CLIP stage) want absolute paths
   task = task_lib.get_task(config.task)(config)
   task.workdir = workdir
   params = jax.jit(lambda r: nn.unbox(task.init_params(r)))(jax.random.PRNGKey(0))

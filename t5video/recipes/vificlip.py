@@ -685,6 +685,7 @@ def _latest_params_dir(workdir: str) -> str:
 def restore(workdir: str) -> tuple[ViFiCLIPTask, Any]:
   """``(task, params)`` of the latest checkpoint of a ViFi-CLIP workdir."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  workdir = os.path.abspath(os.path.expanduser(workdir))  # Orbax wants absolute paths
   meta_path = os.path.join(workdir, TOKENIZER_DIR, "config.json")
   if not os.path.isfile(meta_path):
     raise FileNotFoundError(f"{meta_path}: missing; it is written by ViFiCLIPTask.evaluate at the end of "
