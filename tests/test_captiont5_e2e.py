@@ -23,6 +23,7 @@ def _base_config(data_root, **overrides):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config("runlocal")
+  c.eval.rerank.candidates = 0  # no CLIP stage unless a test asks for one
   c.data.root = data_root
   c.data.num_videos = 40
   c.data.num_frames = 4

@@ -20,6 +20,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests import tiny_hf
+
 from t5video import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,13 +109,7 @@ def clip_dir(tmp_path_factory):
   torch = pytest.importorskip("torch")
   import transformers
   torch.manual_seed(0)
-  config = transformers.CLIPConfig(
-      text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                       num_attention_heads=4, max_position_embeddings=16, eos_token_id=98, bos_token_id=97,
-                       pad_token_id=1),
-      vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                         image_size=32, patch_size=8),
-      projection_dim=16)
+  config = tiny_hf.clip_config()
   path = str(tmp_path_factory.mktemp("hf_clip"))
   transformers.CLIPModel(config).eval().save_pretrained(path)
   return path

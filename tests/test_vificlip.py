@@ -13,6 +13,8 @@ import numpy as np
 import optax
 import pytest
 
+from tests import tiny_hf
+
 from t5video.models import clip as clip_lib
 from t5video.models import vificlip as vifi
 from t5video.train import optim as optim_lib
@@ -409,13 +411,7 @@ def test_hf_clip_weights_merge_and_match_torch(tmp_path):
   import transformers
   from t5video.models import hf
   torch.manual_seed(0)
-  hf_cfg = transformers.CLIPConfig(
-      text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                       num_attention_heads=4, max_position_embeddings=16, eos_token_id=98, bos_token_id=97,
-                       pad_token_id=1),
-      vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                         image_size=32, patch_size=8),
-      projection_dim=16)
+  hf_cfg = tiny_hf.clip_config()
   ref = transformers.CLIPModel(hf_cfg).eval()
   ref.save_pretrained(str(tmp_path))
   _, clip_params = hf.load_hf(str(tmp_path))

@@ -419,6 +419,10 @@ class CaptionT5Task(task_lib.Task):
           config.peft.method, last_n=config.peft.last_n, num_layers=t5c.num_layers,
           num_decoder_layers=t5c.num_decoder_layers, bridge=config.peft.bridge)
     rr = config.eval.rerank
+    if config.data.features_dir and rr.candidates > 0:
+      logging.warning("eval.rerank needs decoded frames for the video-text CLIP; training on cached "
+                      "features (data.features_dir), so re-ranking is off")
+      rr.candidates = 0
     if rr.source not in ("beam", "sample") or rr.candidates < 0:
       raise ValueError(f"eval.rerank: source must be 'beam' or 'sample' and candidates >= 0, got "
                        f"source={rr.source!r}, candidates={rr.candidates}")
