@@ -64,6 +64,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import logging
@@ -544,16 +545,29 @@ class _EpochPlan:
     self.shuffle = shuffle
     self.class_ids = class_ids      # set only for class_balanced sampling
     self._cache: dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()  # Grain's read threads ask for orders concurrently
 
   def __getstate__(self):
     d = dict(self.__dict__)
     d["_cache"] = {}
+    del d["_lock"]
     return d
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
 
   def epoch_order(self, epoch: int) -> np.ndarray:
     """The record index of every slot of ``epoch`` (``[epoch_len]``)."""
-    if epoch in self._cache:
-      return self._cache[epoch]
+    with self._lock:
+      order = self._cache.get(epoch)
+      if order is None:
+        order = self._cache[epoch] = self._order(epoch)
+        while len(self._cache) > 2:  # the two newest epochs (the current and the next)
+          self._cache.pop(min(self._cache))
+      return order
+
+  def _order(self, epoch: int) -> np.ndarray:
     rng = np.random.default_rng([self.seed, self.shard_index, epoch])
     if self.class_ids is not None:
       order = self._class_balanced(rng, epoch)
@@ -561,9 +575,6 @@ class _EpochPlan:
       order = self.slots[rng.permutation(self.epoch_len)]
     else:
       order = self.slots
-    if len(self._cache) >= 2:
-      self._cache.pop(min(self._cache))
-    self._cache[epoch] = order
     return order
 
   def _class_balanced(self, rng: np.random.Generator, epoch: int
