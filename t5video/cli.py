@@ -102,7 +102,8 @@ def load_run_config(workdir: str):
   return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 
-def _save_run_config(config, workdir: str) -> None:
+def save_run_config(config, workdir: str) -> None:
+  """Writes ``workdir/config.json`` (process 0), which ``eval``, ``caption`` and resuming read."""
   import jax
   from t5video.train import paths
   if jax.process_index() != 0:
@@ -119,21 +120,16 @@ def cmd_train(argv: Sequence[str]) -> int:
     trainer.validate_config(config)
   except ValueError as e:
     raise SystemExit(f"t5video train: invalid config: {e}")
-  _save_run_config(config, fv.workdir)
+  save_run_config(config, fv.workdir)
   try:
     result = trainer.train(config, fv.workdir)
   except trainer.NonFiniteLossError as e:
     raise SystemExit(f"t5video train: {e}")
-  from t5video.train import paths
-  import jax
   if result.get("preempted"):
     print(f"{fv.workdir}: preempted at step {result['step']}; run the same command again to resume")
   elif result.get("loss") is None and not result.get("eval"):
     print(f"{fv.workdir} is already at step {result['step']} = train.num_steps: nothing to do "
           f"(`t5video eval --workdir {fv.workdir}` re-evaluates it)")
-  elif jax.process_index() == 0:
-    paths.write_text(paths.join(fv.workdir, "final_metrics.json"),
-                     json.dumps(result, indent=2, default=float))
   gc.collect()
   return 0
 

@@ -16,7 +16,6 @@ Run directly: ``PYTHONPATH=tests python -m engine_toy --workdir DIR [--set key=j
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import time
@@ -132,12 +131,9 @@ class ToyTask(task_lib.Task):
 
 def load_config(arg: str | None = None, **overrides):
   """tests/configs/engine_toy.py's config with dotted-key overrides (``train.num_steps=5``)."""
-  spec = importlib.util.spec_from_file_location(
-      "engine_toy_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
-                                        "engine_toy.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  from t5video import cli  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "engine_toy.py")
+  config = cli.load_config_file(path + (f":{arg}" if arg else ""))
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

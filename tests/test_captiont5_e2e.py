@@ -3,10 +3,10 @@ restore, caption files, cached features, PEFT wiring."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
+import flax.linen
 import jax
 import numpy as np
 import pytest
@@ -18,11 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _base_config(data_root, **overrides):
-  spec = importlib.util.spec_from_file_location(
-      "synth_cfg", os.path.join(ROOT, "configs", "captiont5", "synthetic.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("runlocal")
+  c = cli.load_config_file(os.path.join(ROOT, "configs", "captiont5", "synthetic.py:runlocal"))
   c.eval.rerank.candidates = 0  # no CLIP stage unless a test asks for one
   c.data.root = data_root
   c.data.num_videos = 40
@@ -63,7 +59,8 @@ def _base_config(data_root, **overrides):
 def data_root(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("synth"))
   synthetic.render_dataset(root, 40, 0, min_seconds=1.0, max_seconds=2.0,
-                           sizes=((48, 32), (64, 48)), fps_choices=(8,))
+                           sizes=((48, 32), (64, 48)), fps_choices=(8,),
+                           backgrounds=("plain",), max_distractors=0)  # as the synthetic config
   return root
 
 
@@ -72,7 +69,7 @@ def test_train_evaluate_restore_caption(data_root, tmp_path, capsys):
   from t5video.train import trainer
   config = _base_config(data_root)
   workdir = str(tmp_path / "run")
-  cli._save_run_config(config, workdir)
+  cli.save_run_config(config, workdir)
   result = trainer.train(config, workdir)
   assert result["step"] == 16
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -190,11 +187,26 @@ def test_clip_stage_concepts_and_reranking(data_root, tmp_path):
       "thoughts.clip_stage.num_steps": 6, "thoughts.clip_stage.folds": 2,
       "train.num_steps": 8, "train.checkpoint_every": 8,
       "eval.rerank.candidates": 4, "eval.rerank.source": "sample", "eval.rerank.weight": 2.0})
+  config.thoughts.clip_stage.init_vision = True
   workdir = str(tmp_path / "run")
-  cli._save_run_config(config, workdir)
+  cli.save_run_config(config, workdir)
   result = trainer.train(config, workdir)
   assert result["step"] == 8
   stages = [os.path.join(workdir, f"vificlip_fold{k}") for k in range(2)]
+  # init_vision: CaptionT5's vision tower has the stage's sizes and starts from fold 0's weights.
+  from t5video.train import task as task_lib
+  fresh = task_lib.get_task("captiont5")(cli.load_run_config(workdir))
+  fresh.workdir = workdir
+  assert fresh.has_pretrained(fresh.config.init_from) and fresh.vision_init_dir() == stages[0]
+  assert fresh.model_config.vision.patch_size == 8  # the tiny stage's, not model.clip's 16
+  loaded = fresh.load_pretrained(jax.jit(lambda r: flax.linen.unbox(fresh.init_params(r)))(
+      jax.random.PRNGKey(1)), fresh.config.init_from)
+  _, stage_params = vificlip.restore(stages[0])
+  for name in ("embeddings/patch_embedding/kernel", "encoder/layers_0/mlp/fc1/kernel", "post_layernorm/scale"):
+    node_a, node_b = loaded["clip"]["vision_model"], stage_params["vision_model"]
+    for key in name.split("/"):
+      node_a, node_b = node_a[key], node_b[key]
+    np.testing.assert_array_equal(np.asarray(node_a), np.asarray(node_b))
   for k, stage in enumerate(stages):
     assert json.load(open(os.path.join(stage, "final_metrics.json")))["step"] == 6
     stage_cfg = json.load(open(os.path.join(stage, "config.json")))
@@ -204,8 +216,8 @@ def test_clip_stage_concepts_and_reranking(data_root, tmp_path):
   task, params = cli.restore_task(cli.load_run_config(workdir), workdir)
   vocab = task.concept_vocabulary()
   concepts = task.concepts()
-  test_ids = {r.video_id for r in task.eval_records()}
-  assert test_ids <= set(concepts)
+  train_ids = {r.video_id for r in task.records[task.config.data.train_split]}
+  assert set(concepts) == train_ids  # only the training clips are precomputed
   assert all(len(c) == 3 and set(c) <= set(vocab) for c in concepts.values())
   # Each fold's CLIP trained without that fold's clips and labels exactly them.
   scorers = [vificlip.ConceptScorer.from_workdir(s) for s in stages]
@@ -241,6 +253,9 @@ def test_clip_stage_concepts_and_reranking(data_root, tmp_path):
   user = dict(batch, video_id=["user-file:0:x.mp4"] + list(batch["video_id"][1:]))
   got = task.batch_concepts(user)[0]
   assert len(got) == 3 and set(got) <= set(vocab)
+  # So does an evaluation clip: every fold's CLIP on the batch's frames, similarities averaged.
+  sims_eval = np.mean([s.scores(s.fit_frames(np.asarray(batch["frames"])), vocab) for s in scorers], axis=0)
+  assert task.batch_concepts(batch)[1] == [vocab[j] for j in np.argsort(-sims_eval[1], kind="stable")[:3]]
 
   # Beam candidates: weight 0 keeps the model's own order (best beam first).
   hidden, mask = task._jitted["encode"](
@@ -254,6 +269,76 @@ def test_clip_stage_concepts_and_reranking(data_root, tmp_path):
   a = task.caption_candidates(params, hidden, mask, source="sample", num=5, seed=3)
   b = task.caption_candidates(params, hidden, mask, source="sample", num=5, seed=3)
   assert a == b
+
+
+@pytest.mark.slow
+def test_hf_towers_are_loaded_when_training_starts(data_root, tmp_path):
+  """``model.clip_init`` / ``model.t5_init`` (HF directories) are what a fresh run starts
+  from: with a zero learning rate the first checkpoint holds the converted HF weights."""
+  import torch
+  import transformers
+  from tests import tiny_hf
+  from t5video.data import tokenizer as tokenizer_lib
+  from t5video.models import hf
+  from t5video.recipes import captiont5
+  from t5video.train import trainer
+  torch.manual_seed(0)
+  clip_dir, t5_dir = str(tmp_path / "clip"), str(tmp_path / "t5")
+  transformers.CLIPModel(tiny_hf.clip_config()).eval().save_pretrained(clip_dir)
+  transformers.T5ForConditionalGeneration(transformers.T5Config(
+      vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4,
+      feed_forward_proj="gated-gelu")).eval().save_pretrained(t5_dir)  # tied (transformers 5 keeps them so)
+  spm = str(tmp_path / "spiece.model")
+  config = _base_config(data_root)
+  texts = [c for r in captiont5.read_split(config.data, data_root, "train") for c in r.captions]
+  tokenizer_lib.train_sentencepiece(texts + ["caption:", "classify:", "tags:"], spm, 200)
+  config = _base_config(data_root, **{
+      "model.clip_init": clip_dir, "model.t5_init": t5_dir, "text.tokenizer": spm,
+      "optim.param_groups": ((".*", 0.0),), "train.num_steps": 1,
+      "train.checkpoint_every": 1, "eval.max_examples": 2, "eval.refine": False})
+  workdir = str(tmp_path / "run")
+  cli.save_run_config(config, workdir)
+  trainer.train(config, workdir)
+  task, params = cli.restore_task(cli.load_run_config(workdir), workdir)
+  assert task.model_config.vision.patch_size == 8 and task.model_config.t5.d_model == 32
+  _, clip_params = hf.load_hf(clip_dir)
+  _, t5_params = hf.load_hf(t5_dir)
+  np.testing.assert_allclose(params["clip"]["vision_model"]["embeddings"]["patch_embedding"]["kernel"],
+                             clip_params["vision_model"]["embeddings"]["patch_embedding"]["kernel"])
+  np.testing.assert_allclose(params["t5"]["shared"]["embedding"], t5_params["shared"]["embedding"])
+
+
+def test_synthetic_cache_is_rendered_again_when_its_settings_change(tmp_path):
+  import ml_collections
+  from t5video.recipes import captiont5
+  data = ml_collections.ConfigDict(dict(
+      layout="synthetic", root=str(tmp_path / "synth"), num_videos=6, synthetic_seed=0,
+      synthetic_backgrounds=("plain",), synthetic_max_distractors=0))
+  done = os.path.join(captiont5.prepare_data(data), "DONE")
+  first = json.load(open(done))["config"]
+  assert first["backgrounds"] == ["plain"] and first["max_distractors"] == 0
+  stamp = os.path.getmtime(done)
+  captiont5.prepare_data(data)  # the same settings: used as it is
+  assert os.path.getmtime(done) == stamp
+  data.synthetic_backgrounds, data.synthetic_max_distractors = (), 2  # the full renderer's scenes
+  captiont5.prepare_data(data)
+  again = json.load(open(done))["config"]
+  assert "backgrounds" not in again and "max_distractors" not in again
+
+
+def test_clip_stage_trains_on_the_same_fraction_of_clips(data_root, tmp_path):
+  """With data.train_fraction the ViFi-CLIP stage sees exactly CaptionT5's seeded subset."""
+  from t5video.recipes import captiont5
+  from t5video.recipes import vificlip
+  config = _base_config(data_root, **{"data.train_fraction": 0.5,
+                                      "thoughts.clip_stage.config": "configs/vificlip/synthetic.py:mean,tiny"})
+  task = captiont5.CaptionT5Task(config)
+  task.workdir = str(tmp_path / "run")
+  stage = task.clip_stage_config()
+  stage.model.tokenizer = str(tmp_path / "spiece.model")
+  seen = [r.video_id for r in vificlip.ViFiCLIPTask(stage).train_records()]
+  subset = captiont5.fraction_subset(task.records["train"], 0.5, config.seed)
+  assert seen == [r.video_id for r in subset] and 0 < len(seen) < len(task.records["train"])
 
 
 def test_concept_vocabulary_file_or_caption_words(data_root, tmp_path):

@@ -34,6 +34,10 @@ def get_config(arg=None):
   c.data.layout = "synthetic"
   c.data.root = "data_cache/synthetic"
   c.data.num_videos = 600
+  # Plain backgrounds, no distractor objects: what a small CLIP trained from scratch on CPU learns
+  # to see (docs/vificlip.md); '()' / 2 render the full textured scenes.
+  c.data.synthetic_backgrounds = ("plain",)
+  c.data.synthetic_max_distractors = 0
   c.data.num_frames = 8
   c.data.size = 64
   c.data.cache_frames = True
@@ -58,11 +62,12 @@ def get_config(arg=None):
   c.optim.warmup_steps = 100
   c.optim.b2 = 0.98
   c.eval.refine = True
-  # Stage 0: a video-text CLIP (the ViFi-CLIP recipe) trained on the same clips, cross-fitted in two
-  # folds (each CLIP never sees the clips it labels) into <workdir>/vificlip_fold{0,1}; it re-ranks
-  # the beam's candidate captions. Its concepts as thoughts (arg ``concepts``) hurt on this data:
-  # the small CLIP is too weak on the textured clips (docs/results.md).
-  c.thoughts.clip_stage = dict(config="configs/vificlip/synthetic.py:mean", num_steps=1000, folds=2)
+  # Stage 0: a video-text CLIP (the ViFi-CLIP recipe) trained on the same training clips into
+  # <workdir>/vificlip. It stands in for a pretrained CLIP: CaptionT5's vision tower starts from
+  # it (from scratch, the pixels go unused: docs/results.md), and it re-ranks the beam's candidate
+  # captions. Arg ``concepts`` adds its top concepts as a thought, cross-fitted in two folds.
+  c.thoughts.clip_stage = dict(config="configs/vificlip/synthetic.py:mean", num_steps=2000, folds=1,
+                               init_vision=True)
   c.thoughts.top_k = 4
   c.eval.rerank = dict(candidates=4, source="beam", weight=5.0, top_p=0.9, temperature=1.0, seed=0)
 
@@ -75,11 +80,14 @@ def get_config(arg=None):
     c.train.checkpoint_every = 15
     c.optim.warmup_steps = 5
     c.eval.max_examples = 16
-    c.thoughts.clip_stage = dict(config="configs/vificlip/synthetic.py:mean,tiny", num_steps=30, folds=2)
-  if "concepts" in args:  # the CLIP's top concepts as a thought too
+    c.thoughts.clip_stage = dict(config="configs/vificlip/synthetic.py:mean,tiny", num_steps=30, folds=1,
+                                 init_vision=False)  # the tiny stage's tower is smaller than model.clip
+  if "concepts" in args:  # the CLIP's top concepts as a thought too, cross-fitted
     c.thoughts.sources = ("concepts",) + tuple(c.thoughts.sources)
-  if "noclip" in args:  # no video-text CLIP: no concept thoughts, no re-ranking
+    c.thoughts.clip_stage.folds = 2
+  if "noclip" in args:  # no video-text CLIP: vision from scratch, no concept thoughts, no re-ranking
     c.thoughts.sources = tuple(x for x in c.thoughts.sources if x != "concepts")
+    c.thoughts.clip_stage.init_vision = False
     c.eval.rerank.candidates = 0
   if "nothoughts" in args:
     c.thoughts.sources = ()

@@ -8,7 +8,10 @@ a generic CSV/JSONL folder) and the synthetic dataset all produce
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, Optional
+
+import numpy as np
 
 
 @dataclasses.dataclass
@@ -65,11 +68,23 @@ class VideoRecord:
     return cls(**d)
 
 
+def fraction_subset(records: list, fraction: float, seed: int) -> list:
+  """A seeded subset of ``max(1, round(fraction * n))`` records, in their order (all when >= 1).
+
+  Every recipe draws the same subset for the same records and seed, so a
+  model stage trained on ``data.train_fraction`` sees the clips the next one does.
+  """
+  if fraction >= 1.0:
+    return list(records)
+  rng = np.random.default_rng(seed)
+  keep = sorted(rng.permutation(len(records))[: max(1, int(round(fraction * len(records))))])
+  return [records[i] for i in keep]
+
+
 def fold_of(video_id: str, num_folds: int) -> int:
   """A stable fold index in ``[0, num_folds)`` for a video id (md5 of the id).
 
   Used to cross-fit a model stage: a model trained without fold ``k`` labels
   the clips of fold ``k``, so no clip is labelled by a model that saw it.
   """
-  import hashlib  # pylint: disable=g-import-not-at-top
   return int(hashlib.md5(video_id.encode("utf-8")).hexdigest(), 16) % int(num_folds)

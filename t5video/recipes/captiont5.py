@@ -48,7 +48,7 @@ from t5video.data import pipeline
 from t5video.data import thoughts as thoughts_lib
 from t5video.data import tokenizer as tokenizer_lib
 from t5video.data.frame_cache import FrameCache
-from t5video.data.records import VideoRecord, fold_of
+from t5video.data.records import VideoRecord, fold_of, fraction_subset
 from t5video.evaluate import caption_metrics
 from t5video.evaluate import classification as cls_metrics
 from t5video.evaluate import decoding
@@ -87,6 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
       annotations="",               # generic layout: the JSONL/CSV file under root
       num_videos=600,               # synthetic only
       synthetic_seed=0,             # synthetic only
+      synthetic_backgrounds=(),     # synthetic only: () = every kind, e.g. ('plain',)
+      synthetic_max_distractors=2,  # synthetic only: other objects per clip (0 to 2)
       train_split="train",
       eval_split="test",
       num_frames=8,
@@ -119,7 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
       # folds > 1 cross-fits it: one CLIP per fold, trained without that fold's training clips,
       # picks that fold's concepts (a CLIP trained on a clip knows it too well); other clips get
       # the folds' mean similarity.
-      clip_stage=dict(config="", num_steps=2000, folds=1),
+      # init_vision: CaptionT5's vision tower starts from the stage's CLIP (fold 0 when
+      # cross-fitted), its sizes taken from the stage config: the stand-in for a pretrained CLIP.
+      clip_stage=dict(config="", num_steps=2000, folds=1, init_vision=False),
       concepts_file="",             # default: <data.root>/concepts.txt, else caption words
       vocab_size=200,               # concepts taken from the captions when there is no file
   )
@@ -131,7 +135,8 @@ def base_config() -> ml_collections.ConfigDict:
               feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.1),
       temporal=dict(kind="transformer", num_layers=1, num_heads=8),
       visual_tokens="pooled",       # 'pooled' (a token per frame) | 'patches'
-      clip_init="",                 # an HF CLIP directory (then `clip` sizes come from it)
+      clip_init="",                 # an HF CLIP directory or a finished ViFi-CLIP workdir (then
+                                    # `clip` sizes come from it)
       t5_init="",                   # an HF T5 directory (sizes and tokenizer come from it)
       remat=False,
   )
@@ -177,17 +182,25 @@ def prepare_data(data: ml_collections.ConfigDict) -> str:
   if data.layout == "synthetic":
     from t5video.data import synthetic
     done = os.path.join(root, "DONE")
-    version = None
+    rendered = {}
     if os.path.isfile(done):
       with open(done) as f:
-        version = json.load(f).get("config", {}).get("generator_version")
-    # A finished folder of this generator version is used as it is (whatever
-    # settings rendered it); a missing, half-written or outdated one is a cache
-    # and is rendered again.
-    if version != synthetic.GENERATOR_VERSION:
-      print(f"rendering the synthetic dataset ({data.num_videos} clips, seed {data.synthetic_seed}) "
-            f"into {root}", flush=True)
-      synthetic.render_dataset(root, data.num_videos, data.synthetic_seed, overwrite=True)
+        rendered = json.load(f).get("config", {})
+    # The settings this config asks for (DONE leaves out renderer defaults). A
+    # finished folder rendered with them by this generator version is used as it
+    # is; a missing, half-written, outdated or differently rendered one is a
+    # cache and is rendered again.
+    backgrounds = tuple(data.get("synthetic_backgrounds") or ())
+    distractors = int(data.get("synthetic_max_distractors", 2))
+    wanted = {"generator_version": synthetic.GENERATOR_VERSION, "num_videos": int(data.num_videos),
+              "seed": int(data.synthetic_seed), "backgrounds": list(backgrounds) or None,
+              "max_distractors": distractors if distractors != 2 else None}
+    if any(rendered.get(k) != v for k, v in wanted.items()):
+      print(f"rendering the synthetic dataset ({data.num_videos} clips, seed {data.synthetic_seed}"
+            f"{', backgrounds ' + '/'.join(backgrounds) if backgrounds else ''}, at most {distractors} "
+            f"distractors) into {root}", flush=True)
+      synthetic.render_dataset(root, data.num_videos, data.synthetic_seed, backgrounds=backgrounds or None,
+                               max_distractors=distractors, overwrite=True)
   elif not data.root:
     raise ValueError(f"config.data.root is empty: pass --config.data.root=DIR (the {data.layout} "
                      "dataset folder)")
@@ -317,14 +330,42 @@ def fill_defaults(config: ml_collections.ConfigDict, defaults: ml_collections.Co
 
 
 def check_init_dirs(config: ml_collections.ConfigDict) -> None:
-  """``model.clip_init`` / ``model.t5_init``, when set, must be HF model directories."""
+  """``model.clip_init`` / ``model.t5_init``, when set, must be HF model directories
+  (``clip_init`` may also be a finished ViFi-CLIP workdir)."""
   for key in ("clip_init", "t5_init"):
     path = config.model[key]
-    if path and not os.path.isfile(os.path.join(path, "config.json")):
+    if path and not os.path.isfile(os.path.join(path, "config.json")) and not (
+        key == "clip_init" and _is_vificlip_workdir(path)):
+      other = " or a finished ViFi-CLIP workdir" if key == "clip_init" else ""
       raise FileNotFoundError(
-          f"config.model.{key}={path!r} is not a Hugging Face model directory (no config.json). "
+          f"config.model.{key}={path!r} is not a Hugging Face model directory (no config.json){other}. "
           f"Put a local snapshot there (save_pretrained / a hub download), set "
           f"T5VIDEO_CHECKPOINTS to the folder holding it, or pass --config.model.{key}=DIR")
+
+
+def _is_vificlip_workdir(path: str) -> bool:
+  from t5video.recipes import vificlip as vificlip_recipe  # pylint: disable=g-import-not-at-top
+  return vificlip_recipe.is_workdir(path)
+
+
+def vision_source_config(config: ml_collections.ConfigDict) -> Optional[ml_collections.ConfigDict]:
+  """The ViFi-CLIP run config CaptionT5's vision tower starts from, if any.
+
+  ``model.clip_init`` naming a ViFi-CLIP workdir (its saved config), or
+  ``thoughts.clip_stage.init_vision`` (the stage's config file; the stage may
+  not have trained yet).
+  """
+  from t5video import cli  # pylint: disable=g-import-not-at-top
+  from t5video.recipes import vificlip as vificlip_recipe  # pylint: disable=g-import-not-at-top
+  m, st = config.model, config.thoughts.clip_stage
+  if m.clip_init and vificlip_recipe.is_workdir(m.clip_init):
+    with open(os.path.join(m.clip_init, vificlip_recipe.TOKENIZER_DIR, "config.json")) as f:
+      return ml_collections.ConfigDict(json.load(f)["config"])
+  if st.get("init_vision") and not m.clip_init:
+    if not st.config:
+      raise ValueError("thoughts.clip_stage.init_vision needs thoughts.clip_stage.config")
+    return cli.load_config_file(st.config)
+  return None
 
 
 def build_model_config(config: ml_collections.ConfigDict, vocab_size: int,
@@ -339,8 +380,13 @@ def build_model_config(config: ml_collections.ConfigDict, vocab_size: int,
   lora = (LoraSpec(rank=p.lora_rank, alpha=p.lora_alpha, dropout=p.lora_dropout,
                    targets=p.lora_targets) if p.method == "lora" else None)
   adapter_dim = p.adapter_dim if p.method == "adapters" else None
+  vision_source = None if feature_dim else vision_source_config(config)
   if feature_dim:
     vision = None  # cached features replace the vision tower
+  elif vision_source is not None:  # a ViFi-CLIP run (a workdir or this run's CLIP stage)
+    from t5video.recipes import vificlip as vificlip_recipe  # pylint: disable=g-import-not-at-top
+    vision = dataclasses.replace(vificlip_recipe.vision_config(vision_source), dtype=dtype, lora=lora,
+                                 remat=m.remat)
   elif m.clip_init:
     vision = clip_lib.CLIPVisionConfig.from_hf(hf.read_hf_config(m.clip_init), dtype=dtype,
                                                lora=lora, remat=m.remat)
@@ -482,11 +528,12 @@ class CaptionT5Task(task_lib.Task):
 
   # ---- CLIP-guided concepts -------------------------------------------------------
   def concepts(self) -> dict[str, list[str]]:
-    """video_id -> top concepts from the video-text CLIP (empty when not configured).
+    """Training video_id -> top concepts from the video-text CLIP (empty when not configured).
 
-    Training clips of fold ``k`` are scored by the CLIP trained without fold
-    ``k`` (``thoughts.clip_stage.folds``); every other clip by all folds'
-    CLIPs, their cosine similarities averaged.
+    Computed once, for the training loader. A training clip of fold ``k`` is
+    scored by the CLIP trained without fold ``k`` (``thoughts.clip_stage.folds``).
+    Other clips (evaluation, a user's files) are scored from the frames of
+    their batch (:meth:`batch_concepts`), so corrupted frames get their own.
     """
     if self._concepts is not None:
       return self._concepts
@@ -498,35 +545,33 @@ class CaptionT5Task(task_lib.Task):
     vocab = self.concept_vocabulary()
     # Frames as the video-text CLIP was trained on them (its frame count and size).
     spec = decode_lib.SamplingSpec(num_frames=scorers[0].num_frames, size=scorers[0].image_size)
-    train_split = self.config.data.train_split
-    for split, recs in self.records.items():
-      loader = pipeline.make_loader(
-          list(recs), transform=pipeline.VideoDecodeTransform(spec, train=False, seed=0),
-          batch_size=32, seed=0, shuffle=False, num_epochs=1, shard_index=0, shard_count=1,
-          worker_count=0, drop_remainder=False, pad_to_batch=True,
-          read_threads=self.config.data.read_threads)
-      for batch in loader:
-        frames = np.asarray(batch["frames"])
-        sims = np.stack([s.scores(frames, vocab) for s in scorers])  # [folds, b, concepts]
-        for i, (vid, valid) in enumerate(zip(batch["video_id"], batch["valid"])):
-          if not bool(valid):
-            continue
-          if split == train_split and len(scorers) > 1:
-            row = sims[fold_of(vid, len(scorers)), i]  # the CLIP that never saw this clip
-          else:
-            row = sims[:, i].mean(0)
-          self._concepts[vid] = [vocab[j] for j in np.argsort(-row, kind="stable")[:tc.top_k]]
+    loader = pipeline.make_loader(
+        list(self.records[self.config.data.train_split]),
+        transform=pipeline.VideoDecodeTransform(spec, train=False, seed=0),
+        batch_size=32, seed=0, shuffle=False, num_epochs=1, shard_index=0, shard_count=1,
+        worker_count=0, drop_remainder=False, pad_to_batch=True,
+        read_threads=self.config.data.read_threads)
+    for batch in loader:
+      frames = np.asarray(batch["frames"])
+      sims = np.stack([s.scores(frames, vocab) for s in scorers])  # [folds, b, concepts]
+      for i, (vid, valid) in enumerate(zip(batch["video_id"], batch["valid"])):
+        if not bool(valid):
+          continue
+        # The CLIP that never saw this clip (the only one when not cross-fitted).
+        row = sims[fold_of(vid, len(scorers)) if len(scorers) > 1 else 0, i]
+        self._concepts[vid] = [vocab[j] for j in np.argsort(-row, kind="stable")[:tc.top_k]]
     logging.info("CLIP-guided concepts for %d clips from %s", len(self._concepts), self.clip_dirs())
     return self._concepts
 
   def batch_concepts(self, batch: dict) -> list[Optional[list[str]]]:
-    """Concepts per example: precomputed by video id, else scored from the batch's frames."""
+    """Concepts per example: a training clip's precomputed ones, else scored from the batch's
+    frames by every fold's CLIP (their cosine similarities averaged)."""
     if "concepts" not in self.config.thoughts.sources:
       return [None] * len(batch["video_id"])
     known = self.concepts()
     missing = [i for i, v in enumerate(batch["video_id"]) if v not in known]
     out = [known.get(v) for v in batch["video_id"]]
-    if missing and "frames" in batch:  # e.g. a user's own files (`t5video caption`)
+    if missing and "frames" in batch:  # evaluation clips, a user's own files (`t5video caption`)
       vocab = self.concept_vocabulary()
       scorers = self.clip_scorers(purpose="thoughts.sources has 'concepts'")
       frames = np.asarray(batch["frames"])[missing]
@@ -559,7 +604,22 @@ class CaptionT5Task(task_lib.Task):
     return self._clip_scorers
 
   def needs_clip(self) -> bool:
-    return "concepts" in self.config.thoughts.sources or self.config.eval.rerank.candidates > 0
+    """Whether this run uses a video-text CLIP (concepts, re-ranking, or its vision tower)."""
+    tc = self.config.thoughts
+    return ("concepts" in tc.sources or self.config.eval.rerank.candidates > 0
+            or bool(tc.clip_stage.get("init_vision") and not self.config.model.clip_init))
+
+  def vision_init_dir(self) -> str:
+    """The ViFi-CLIP workdir whose vision tower CaptionT5's starts from ('' = none)."""
+    m, st = self.config.model, self.config.thoughts.clip_stage
+    if m.clip_init and _is_vificlip_workdir(m.clip_init):
+      return m.clip_init
+    if st.get("init_vision") and not m.clip_init and not self.features_shape:
+      dirs = self.clip_dirs()
+      if not dirs:
+        raise ValueError("thoughts.clip_stage.init_vision: no CLIP stage directory (the run has no workdir)")
+      return dirs[0]
+    return ""
 
   def clip_stage_config(self, fold: Optional[int] = None) -> ml_collections.ConfigDict:
     """``thoughts.clip_stage.config`` pointed at this run's data (every class, no rendering)."""
@@ -575,6 +635,7 @@ class CaptionT5Task(task_lib.Task):
     c.data.train_split, c.eval.split = d.train_split, d.eval_split
     c.data.novel_classes = ()
     c.data.classes = ()
+    c.data.train_fraction = float(d.train_fraction)  # the same seeded subset of training clips
     if fold is not None:
       c.data.holdout_fold = (fold, int(st.folds))
     c.eval.protocols = tuple(p for p in c.eval.protocols if p != "zero_shot")
@@ -601,13 +662,9 @@ class CaptionT5Task(task_lib.Task):
       print(f"stage 0: video-text CLIP ({what}{tc.clip_stage.config}, {tc.clip_stage.num_steps} steps) "
             f"in {stage_dir}", flush=True)
       config = self.clip_stage_config(k if len(dirs) > 1 else None)
-      cli._save_run_config(config, stage_dir)  # pylint: disable=protected-access
-      result = trainer.train(config, stage_dir)
-      if result.get("preempted"):
-        return False
-      if jax.process_index() == 0:
-        with open(done, "w") as f:
-          json.dump(result, f, indent=2, default=float)
+      cli.save_run_config(config, stage_dir)
+      if trainer.train(config, stage_dir).get("preempted"):
+        return False  # trainer.train writes final_metrics.json when the stage ends
     return True
 
   def concept_vocabulary(self) -> list[str]:
@@ -686,11 +743,7 @@ class CaptionT5Task(task_lib.Task):
 
   def train_loader(self, *, seed, process_index, process_count, batch_size):
     d = self.config.data
-    records = self.records[d.train_split]
-    if d.train_fraction < 1.0:
-      rng = np.random.default_rng(seed)
-      keep = sorted(rng.permutation(len(records))[: max(1, int(round(d.train_fraction * len(records))))])
-      records = [records[i] for i in keep]
+    records = fraction_subset(self.records[d.train_split], d.train_fraction, seed)
     if self.features_shape:
       source, transform = self.feature_source(d.train_split), pipeline.PassThrough()
       if d.train_fraction < 1.0:
@@ -730,12 +783,24 @@ class CaptionT5Task(task_lib.Task):
       metrics[f"loss_{name}"] = (tok_loss * tm).sum() / jnp.maximum(tm.sum(), 1.0)
     return loss, metrics
 
+  def has_pretrained(self, init_from) -> bool:
+    m = self.config.model
+    return bool(init_from.path or m.t5_init or (m.clip_init and not self.features_shape)
+                or self.vision_init_dir())
+
   def load_pretrained(self, params, init_from):
     """``init_from.path``: a t5video workdir/checkpoint (Orbax, by regex); HF dirs come
-    from ``model.clip_init`` / ``model.t5_init``."""
+    from ``model.clip_init`` / ``model.t5_init``; the vision tower of a ViFi-CLIP run from
+    :meth:`vision_init_dir`."""
     m = self.config.model
     params = nn.unbox(params)
-    if m.clip_init:
+    vifi_dir = self.vision_init_dir()
+    if vifi_dir:
+      from t5video.recipes import vificlip as vificlip_recipe  # pylint: disable=g-import-not-at-top
+      _, vifi_params = vificlip_recipe.restore(vifi_dir)
+      print(f"vision tower from the ViFi-CLIP run {vifi_dir}", flush=True)
+      params = _merge_subtree(params, "clip", {"vision_model": vifi_params["vision_model"]}, vifi_dir)
+    elif m.clip_init and not self.features_shape:
       _, clip_params = hf.load_hf(m.clip_init)
       params = _merge_subtree(params, "clip", {"vision_model": clip_params["vision_model"]}, m.clip_init)
     if m.t5_init:

@@ -54,7 +54,7 @@ import ml_collections
 import numpy as np
 
 from t5video.data.frame_cache import FrameCache
-from t5video.data.records import VideoRecord, fold_of
+from t5video.data.records import VideoRecord, fold_of, fraction_subset
 from t5video.models import clip as clip_lib
 from t5video.models import vificlip as vifi
 from t5video.train import task as task_lib
@@ -225,6 +225,18 @@ def _as_dict(x) -> dict:
   return dict(x.to_dict()) if hasattr(x, "to_dict") else dict(x)
 
 
+def vision_config(config: ml_collections.ConfigDict) -> clip_lib.CLIPVisionConfig:
+  """The CLIP vision tower of a ViFi-CLIP run config (for a model whose vision tower starts from it)."""
+  m = config.model
+  vision = {k: tuple(v) if isinstance(v, list) else v for k, v in _as_dict(m.get("vision")).items()}
+  return clip_lib.CLIPVisionConfig(**{**clip_lib.VARIANTS[m.variant]["vision"], **vision})
+
+
+def is_workdir(path: str) -> bool:
+  """Whether ``path`` is a finished ViFi-CLIP workdir (what :func:`restore` reads)."""
+  return bool(path) and os.path.isfile(os.path.join(path, TOKENIZER_DIR, "config.json"))
+
+
 def _masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
   return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
@@ -374,7 +386,8 @@ class ViFiCLIPTask(task_lib.Task):
     if cls and len(self.train_classes) < 2:
       raise ValueError(f"model.objective={self.config.model.objective!r} needs at least 2 training classes, "
                        f"got {self.train_classes} (data.novel_classes={self.novel_classes})")
-    records = self.records(d.train_split)
+    records = fraction_subset(self.records(d.train_split), float(d.get("train_fraction", 1.0)),
+                              int(self.config.seed))
     if self.novel_classes:
       records = [r for r in records if r.label not in self.novel_classes]
     if cls:

@@ -85,6 +85,14 @@ class Task(abc.ABC):
     averages it over micro-batches.
     """
 
+  def has_pretrained(self, init_from) -> bool:
+    """Whether a fresh run starts from pretrained weights (then :meth:`load_pretrained` runs).
+
+    Default: when ``init_from.path`` is set. Recipes whose own config names
+    weights (an HF directory for one tower, an earlier stage) say so here.
+    """
+    return bool(init_from.path)
+
   def load_pretrained(self, params: Params, init_from) -> Params:
     """Merges pretrained params into ``params`` (unboxed, already sharded).
 

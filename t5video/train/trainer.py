@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import difflib
 import gc
+import json
 import os
 import re
 import signal
@@ -477,7 +478,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   Returns:
     ``{'step', 'loss', 'preempted', 'nonfinite_total', 'eval': {...}}`` of the
-    last step run.
+    last step run, also written to ``<workdir>/final_metrics.json`` when the
+    run ends (not when preempted, nor when there was nothing left to run).
 
   Raises:
     ValueError: an invalid config (before anything heavy).
@@ -528,11 +530,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       print(f"resuming from step {latest}", flush=True)
     with engine.context():
       state = ckpt.restore(latest, engine.abstract_state, data_iter=data_iter)
-  elif config.init_from.path:
-    logging.info("initialising from %s (regex %r)", config.init_from.path, config.init_from.regex)
-    with engine.context():
-      params = engine.task.load_pretrained(engine.init_params(), config.init_from)
-      state = engine.state_from_params(engine.place_params(params))
+  elif engine.task.has_pretrained(config.init_from):
+    logging.info("initialising from pretrained weights (init_from.path %r, regex %r)",
+                 config.init_from.path, config.init_from.regex)
+    # Outside the mesh context: converters trace the source model (eval_shape) without it.
+    params = engine.task.load_pretrained(engine.init_params(), config.init_from)
+    state = engine.state_from_params(engine.place_params(params))
   else:
     state = engine.init_state()
   step = int(jax.device_get(state["step"]))
@@ -629,4 +632,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logger.close()
     del data_iter, loader
     gc.collect()
+  if is_main and not result["preempted"] and (result["loss"] is not None or result["eval"]):
+    # The marker of a finished run (a stage of a larger recipe checks it before training again).
+    paths.write_text(paths.join(workdir, "final_metrics.json"), json.dumps(result, indent=2, default=float))
   return result
