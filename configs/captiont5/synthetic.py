@@ -1,20 +1,20 @@
 r"""CaptionT5 on the rendered synthetic dataset: the embedded default and main job.
 
-Renders the synthetic dataset into data_cache/synthetic on first use, trains a
-small video-text CLIP on it (stage 0, the ViFi-CLIP recipe, cross-fitted in
-two folds into <workdir>/vificlip_fold*) that re-ranks the candidate captions, trains a
-small CaptionT5 (a CLIP-style vision tower, a temporal transformer and a T5,
-all from scratch) for captions, classes and tags on CPU, evaluates on the test
-split and prints the table (CIDEr, BLEU-4, top-1, macro-F1, tail-class recall)
-beside trivial baselines.
+Renders the synthetic dataset (plain backgrounds, no distractors) into
+data_cache/synthetic on first use, trains a small video-text CLIP on the training
+clips (stage 0, the ViFi-CLIP recipe, into <workdir>/vificlip), starts CaptionT5's
+vision tower from it and re-ranks the candidate captions with it, trains the rest
+of a small CaptionT5 (a temporal transformer and a T5 from scratch) for captions,
+classes and tags on CPU, evaluates on the test split and prints the table (CIDEr,
+BLEU-4, top-1, macro-F1, tail-class recall) beside trivial baselines.
 
   t5video train --config configs/captiont5/synthetic.py --workdir runs/demo
 
 Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10``):
 
 * ``runlocal``: a tiny run that finishes in about a minute (smoke test).
-* ``concepts``: the stage-0 CLIP's top concepts become a thought as well.
-* ``noclip``: no video-text CLIP stage: no concept thoughts, no CLIP re-ranking.
+* ``concepts``: the stage-0 CLIP's top concepts become a thought as well (cross-fitted in two folds).
+* ``noclip``: no video-text CLIP stage: a vision tower from scratch, no concepts, no re-ranking.
 * ``nothoughts``: thoughts switched off (ablation; the CLIP stage still re-ranks).
 * ``frac10``: 10% of the training clips.
 * ``temporal=mean|transformer|resampler``: the temporal module.
