@@ -1,10 +1,15 @@
 """Parity of the Flax T5 port with Hugging Face's PyTorch T5 (tiny random models, fp32).
 
-Three tiny HF checkpoints are built with a fixed seed and ``save_pretrained``:
+Four tiny HF checkpoints are built with a fixed seed and ``save_pretrained``:
 v1.0-style (ReLU, tied embeddings, output rescaling, more decoder than encoder
-layers), v1.1-style (gated-GELU, untied ``lm_head``) and one whose
-``d_kv * num_heads != d_model``. Each is converted with ``t5_from_hf`` and
-compared at atol 1e-5.
+layers), v1.1-style (gated-GELU, its own ``lm_head``), one whose
+``d_kv * num_heads != d_model``, and a v1.1 exactly as transformers 5 saves
+``T5Config(feed_forward_proj="gated-gelu", tie_word_embeddings=False)`` (no
+``lm_head.weight``; ``"tie_word_embeddings": true, "scale_decoder_outputs":
+false``: every FLAN-T5 fine-tuned and saved with transformers 5 looks so). Each
+is converted with ``t5_from_hf`` and compared at atol 1e-5; configs in the
+older hub style (``"tie_word_embeddings": false``, no ``scale_decoder_outputs``,
+as flan-t5-* carry) are checked too.
 """
 
 from __future__ import annotations
@@ -42,7 +47,12 @@ HF_CONFIGS = {
     # d_kv * num_heads = 18 != d_model = 32.
     "odd_heads": dict(vocab_size=96, d_model=32, d_kv=6, d_ff=40, num_layers=2, num_heads=3,
                       feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    # v1.1 as transformers 5 saves it: lm_head tied to shared, no scaling.
+    "gated_tf5": dict(vocab_size=96, d_model=32, d_kv=8, d_ff=40, num_layers=2, num_heads=4,
+                      feed_forward_proj="gated-gelu", tie_word_embeddings=False),
 }
+# Checkpoints whose lm_head gets weights of its own before saving.
+OWN_HEAD = ("gated_untied", "odd_heads")
 COMMON = dict(relative_attention_num_buckets=8, relative_attention_max_distance=16,
               dropout_rate=0.1, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
 
@@ -51,7 +61,7 @@ def _build_hf(name: str, directory: str):
   torch.manual_seed(1234)
   cfg = transformers.T5Config(**HF_CONFIGS[name], **COMMON)
   model = transformers.T5ForConditionalGeneration(cfg)
-  if not HF_CONFIGS[name]["tie_word_embeddings"]:
+  if name in OWN_HEAD:
     # Transformers 5 ties lm_head on construction; give it its own weights.
     model.lm_head.weight = torch.nn.Parameter(torch.randn(cfg.vocab_size, cfg.d_model) * 0.5)
   model.save_pretrained(directory)
@@ -172,7 +182,8 @@ def _incremental_logits(module, params, enc, enc_mask, dec):
 
 
 @pytest.mark.parametrize("name,scan", [("relu_tied", False), ("odd_heads", False),
-                                       ("gated_untied", True)])
+                                       ("gated_untied", True), ("gated_tf5", False),
+                                       ("gated_tf5", True)])
 def test_cached_decoding_equals_full(hf_models, name, scan):
   _, directory = hf_models[name]
   module, params = _ours(directory, scan_layers=scan)
@@ -218,7 +229,7 @@ def _greedy(module, params, ids, mask, steps: int):
   return np.asarray(run(params, ids, mask))
 
 
-@pytest.mark.parametrize("name", ["relu_tied", "gated_untied"])
+@pytest.mark.parametrize("name", ["relu_tied", "gated_untied", "gated_tf5"])
 def test_greedy_equals_hf_generate(hf_models, name):
   hf, directory = hf_models[name]
   module, params = _ours(directory)
@@ -274,6 +285,78 @@ def test_round_trip_through_hf_from_pretrained(hf_models, name, tmp_path):
   sd2, cfg2 = _read_dir(str(tmp_path))
   module2, _ = convert_t5.t5_from_hf(sd2, cfg2)
   assert module2.config == module.config
+
+
+def test_transformers5_v11_checkpoint_has_tied_head_and_loads(hf_models):
+  """The checkpoint of the issue: no lm_head.weight, tie true, scale false; the head is shared."""
+  hf, directory = hf_models["gated_tf5"]
+  sd, hf_config = _read_dir(directory)
+  assert "lm_head.weight" not in sd
+  assert hf_config["tie_word_embeddings"] is True and hf_config["scale_decoder_outputs"] is False
+  assert hf.lm_head.weight.data_ptr() == hf.shared.weight.data_ptr()
+  module, params = _ours(directory)
+  assert not module.config.tie_word_embeddings  # no scaling of the decoder output
+  np.testing.assert_array_equal(params["lm_head"]["kernel"], sd["shared.weight"].T)
+  # Exported, transformers 5 reads it back as the same model (test_round_trip_... compares
+  # logits); the written config keeps v1.1 readable by older transformers too.
+  back_sd, back_cfg = convert_t5.t5_to_hf(module, params)
+  assert back_cfg["scale_decoder_outputs"] is False and back_cfg["tie_word_embeddings"] is False
+  np.testing.assert_array_equal(back_sd["lm_head.weight"], sd["shared.weight"])
+
+
+@pytest.mark.parametrize("name,legacy", [
+    # flan-t5-* on the hub: tie_word_embeddings false, a real lm_head.weight, no scale key.
+    ("gated_untied", {"tie_word_embeddings": False}),
+    # t5-small on the hub: neither key (v1.0 by default), lm_head.weight a copy of shared.
+    ("relu_tied", {}),
+    # Both keys disagreeing: scale_decoder_outputs decides (as in transformers 5).
+    ("gated_tf5", {"tie_word_embeddings": False, "scale_decoder_outputs": False}),
+])
+def test_older_hub_configs_load_like_transformers(hf_models, name, legacy, tmp_path):
+  hf, directory = hf_models[name]
+  sd, hf_config = _read_dir(directory)
+  hf_config = {k: v for k, v in hf_config.items()
+               if k not in ("tie_word_embeddings", "scale_decoder_outputs")}
+  hf_config.update(legacy)
+  if name == "relu_tied":
+    sd = dict(sd, **{"lm_head.weight": sd["shared.weight"]})
+  from safetensors.numpy import save_file
+  save_file(sd, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(hf_config, f)
+  ref_model = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
+  assert ref_model.config.scale_decoder_outputs == (name == "relu_tied")
+  module, params = _ours(str(tmp_path))
+  assert module.config.tie_word_embeddings == (name == "relu_tied")
+  ids, mask, dec, dec_mask = _inputs(module.config.vocab_size, seed=8)
+  ref = _hf_forward(ref_model, ids, mask, dec, dec_mask)
+  np.testing.assert_allclose(ref.logits.numpy(), _hf_forward(hf, ids, mask, dec, dec_mask).logits.numpy(),
+                             atol=ATOL, rtol=0)
+  out = _apply(module, params, input_ids=ids, attention_mask=mask, decoder_input_ids=dec,
+               decoder_attention_mask=dec_mask)
+  np.testing.assert_allclose(out.logits, ref.logits.numpy(), atol=ATOL, rtol=0)
+
+
+def test_v10_config_with_a_different_lm_head_is_refused(hf_models):
+  _, directory = hf_models["relu_tied"]
+  sd, hf_config = _read_dir(directory)
+  bad = dict(sd, **{"lm_head.weight": sd["shared.weight"] + 1.0})
+  with pytest.raises(ValueError, match="scale_decoder_outputs"):
+    convert_t5.t5_from_hf(bad, hf_config)
+
+
+def test_load_hf_is_exported_by_the_package(hf_models):
+  import t5video.models
+  from t5video.models import export_hf, hf as hf_lib, load_hf
+  assert load_hf is hf_lib.load_hf and export_hf is hf_lib.export_hf
+  assert "load_hf" in t5video.models.__all__
+  hf, directory = hf_models["gated_tf5"]
+  module, params = load_hf(directory)
+  ids, mask, dec, dec_mask = _inputs(module.config.vocab_size, seed=9)
+  out = _apply(module, params, input_ids=ids, attention_mask=mask, decoder_input_ids=dec,
+               decoder_attention_mask=dec_mask)
+  ref = _hf_forward(hf, ids, mask, dec, dec_mask)
+  np.testing.assert_allclose(out.logits, ref.logits.numpy(), atol=ATOL, rtol=0)
 
 
 def test_bf16_compute_runs_and_stays_close(hf_models):

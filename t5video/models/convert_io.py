@@ -56,7 +56,9 @@ def load_orbax(ckpt_dir: str):
     module = convert_clip.build_module(hf_config, kind, with_projection=proj)
   else:
     scanned = "blocks" in params.get("encoder", {})
-    module = t5_lib.T5ForConditionalGeneration(t5_lib.T5Config.from_hf(hf_config, scan_layers=scanned))
+    from t5video.models import convert_t5
+    module = t5_lib.T5ForConditionalGeneration(t5_lib.T5Config.from_hf(
+        convert_t5.normalize_hf_config(hf_config), scan_layers=scanned))
   return module, params
 
 

@@ -13,6 +13,20 @@ Example::
   cfg = json.load(open('flan-t5-base/config.json'))
   module, params = t5_from_hf(sd, cfg, dtype=jnp.bfloat16, scan_layers=True)
   state_dict, hf_config = t5_to_hf(module, params)   # the exact inverse
+
+Tied and untied heads. T5 v1.0 scales the decoder output by ``d_model ** -0.5``
+and uses the shared embedding as its head; v1.1 / FLAN-T5 does neither and has
+its own ``lm_head``. Older transformers recorded the switch as
+``tie_word_embeddings`` (false for v1.1) and saved a real ``lm_head.weight``.
+Transformers 5 always ties ``lm_head`` to ``shared``, writes
+``"tie_word_embeddings": true`` and keeps the switch in
+``scale_decoder_outputs``; a v1.1 model it saves has no ``lm_head.weight``
+unless the head was given weights of its own. So here: scaling follows
+``scale_decoder_outputs`` when the config has it, else ``tie_word_embeddings``
+(see :func:`normalize_hf_config`); an unscaled model's head is
+``lm_head.weight`` where the file has one, else a copy of ``shared.weight``
+(our ``lm_head`` param then starts equal to the embedding; fine-tuning trains
+the two separately, and the export writes both).
 """
 
 from __future__ import annotations
@@ -93,6 +107,32 @@ def _unscan_blocks(flat: dict[tuple[str, ...], np.ndarray], cfg: T5Config) -> di
   return out
 
 
+def scales_decoder_outputs(hf_config: dict[str, Any]) -> bool:
+  """Whether an HF T5 config means v1.0 (scaled decoder output, tied head).
+
+  ``scale_decoder_outputs`` decides where present (transformers >= 5 writes it,
+  together with an always-true ``tie_word_embeddings``); older configs carry
+  the switch in ``tie_word_embeddings`` (false for v1.1 / FLAN-T5), and a config
+  with neither key is v1.0 (transformers' default).
+  """
+  scale = hf_config.get("scale_decoder_outputs")
+  if scale is not None:
+    return bool(scale)
+  return hf_config.get("tie_word_embeddings", True) is not False
+
+
+def normalize_hf_config(hf_config: dict[str, Any]) -> dict[str, Any]:
+  """A copy of ``hf_config`` whose ``tie_word_embeddings`` / ``scale_decoder_outputs`` agree.
+
+  Both are set to :func:`scales_decoder_outputs`, which is what
+  :class:`~t5video.models.t5.T5Config`'s single ``tie_word_embeddings`` flag
+  means (scaled output and the shared embedding as head).
+  """
+  out = dict(hf_config)
+  out["tie_word_embeddings"] = out["scale_decoder_outputs"] = scales_decoder_outputs(hf_config)
+  return out
+
+
 def t5_from_hf(state_dict: dict[str, np.ndarray], hf_config: dict[str, Any], **overrides):
   """Converts an HF T5 state dict to ``(T5ForConditionalGeneration, params)``.
 
@@ -112,8 +152,12 @@ def t5_from_hf(state_dict: dict[str, np.ndarray], hf_config: dict[str, Any], **o
     ValueError: missing or unexpected keys (all listed), shape mismatches, or
       tied copies of the embedding that differ from ``shared.weight``.
   """
-  cfg = T5Config.from_hf(hf_config, **overrides)
+  cfg = T5Config.from_hf(normalize_hf_config(hf_config), **overrides)
   sd = {k: np.asarray(v) for k, v in state_dict.items()}
+  if not cfg.tie_word_embeddings and "lm_head.weight" not in sd and "shared.weight" in sd:
+    # Unscaled (v1.1 / FLAN) and saved by transformers 5 with its head tied to the
+    # embedding: the head is shared.weight.
+    sd["lm_head.weight"] = sd["shared.weight"]
   table = conversion_table(cfg)
   wanted = {k for k, _, _ in table}
   shared = sd.get("shared.weight")
@@ -126,15 +170,16 @@ def t5_from_hf(state_dict: dict[str, np.ndarray], hf_config: dict[str, Any], **o
     if shared is not None and not np.array_equal(sd[key], shared):
       raise ValueError(
           f"state dict key {key!r} differs from 'shared.weight' but the config ties the embeddings"
-          + (" (scale_decoder_outputs / tie_word_embeddings is true): for an untied lm_head set "
-             "tie_word_embeddings=false" if key == "lm_head.weight" else ""))
+          + (" (scale_decoder_outputs, or tie_word_embeddings in a config without it, is true: "
+             "T5 v1.0, whose head is the shared embedding); a v1.1 / FLAN-T5 checkpoint with its own "
+             "lm_head needs scale_decoder_outputs=false" if key == "lm_head.weight" else ""))
   missing = sorted(wanted - set(sd))
   unexpected = sorted(set(sd) - wanted - tolerated)
   if missing or unexpected:
     raise ValueError(
         f"T5 state dict does not match config (feed_forward_proj={cfg.feed_forward_proj!r}, "
         f"num_layers={cfg.num_layers}, num_decoder_layers={cfg.num_decoder_layers}, "
-        f"tie_word_embeddings={cfg.tie_word_embeddings}):\n  missing keys: {missing}\n"
+        f"scale_decoder_outputs={cfg.tie_word_embeddings}):\n  missing keys: {missing}\n"
         f"  unexpected keys: {unexpected}")
 
   flat = {}

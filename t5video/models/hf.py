@@ -15,6 +15,12 @@ Example::
   out = module.apply({"params": params}, input_ids=ids, attention_mask=mask,
                      decoder_input_ids=dec_ids)
   out.logits  # [batch, target_len, vocab]
+
+T5 directories saved by transformers 5 and by older versions both load: see
+:mod:`t5video.models.convert_t5` for how ``scale_decoder_outputs``,
+``tie_word_embeddings`` and a missing ``lm_head.weight`` are read.
+``load_hf`` and ``export_hf`` are also exported as ``t5video.models.load_hf``
+and ``t5video.models.export_hf``.
 """
 
 from __future__ import annotations
