@@ -274,8 +274,23 @@ HANDLERS = {
 }
 
 
+# Commands that run JAX computations. On a multi-host job every process must join
+# it (jax.distributed.initialize) before anything touches a device.
+DEVICE_COMMANDS = ("train", "eval", "caption", "zero-shot", "extract-features")
+
+
+def _one_line(error: BaseException) -> str:
+  """``Type: message`` on one line (long multi-line messages folded and cut)."""
+  text = " ".join(str(error).split()) or "(no message)"
+  if len(text) > 600:
+    text = text[:600] + " ..."
+  return f"{type(error).__name__}: {text}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  verbose = "--verbose" in argv or os.environ.get("T5VIDEO_VERBOSE", "") not in ("", "0")
+  argv = [a for a in argv if a != "--verbose"]
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(_usage())
     return 0
@@ -287,8 +302,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # Grain worker processes read absl flags; nothing else parses them here.
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
-  logging.set_verbosity(logging.WARNING)
-  return HANDLERS[command](rest)
+  logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+  try:
+    if command in DEVICE_COMMANDS and not any(a in ("-h", "--help") for a in rest):
+      from t5video.train import distributed
+      distributed.maybe_initialize()
+    return HANDLERS[command](rest)
+  except Exception as e:  # pylint: disable=broad-except
+    # Bad input (a config, an annotation, a path) ends in one line; --verbose shows where.
+    if verbose:
+      raise
+    print(f"t5video {command}: {_one_line(e)}  (--verbose shows the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -94,9 +94,13 @@ class ToyTask(task_lib.Task):
   def train_loader(self, *, seed, process_index, process_count, batch_size):
     m, d = self.config.model, self.config.data
     x, y = make_arrays(d.num_examples, m.length, m.embed, m.classes, seed=1234)
-    ds = grain.MapDataset.source(ArraySource(x, y))
-    ds = ds[process_index::process_count]
-    ds = ds.shuffle(seed=seed).repeat(None).batch(batch_size, drop_remainder=True)
+    if d.get("global_order", False):
+      ds = self._global_order(x, y, seed=seed, process_index=process_index,
+                              process_count=process_count, batch_size=batch_size)
+    else:
+      ds = grain.MapDataset.source(ArraySource(x, y))
+      ds = ds[process_index::process_count]
+      ds = ds.shuffle(seed=seed).repeat(None).batch(batch_size, drop_remainder=True)
     it_ds = ds.to_iter_dataset()
     delay = float(d.delay_s)
     if delay:
@@ -107,6 +111,29 @@ class ToyTask(task_lib.Task):
         return batch
       it_ds = it_ds.map(slow)
     return iter(it_ds)
+
+  def _global_order(self, x, y, *, seed, process_index, process_count, batch_size):
+    """Global batches in one order for any process count; each process reads its block.
+
+    Process ``p`` of ``P`` holds rows ``[p*b, (p+1)*b)`` of every global batch of
+    ``P*b`` rows (the rows its devices own), so 2 processes x 2 devices see the
+    same global batches as 1 process x 4 devices. With ``data.indices_log`` set,
+    each process appends ``{"batch": k, "indices": [...]}`` to
+    ``<indices_log>/process_<p>.jsonl`` for every batch it reads.
+    """
+    log = self.config.data.get("indices_log", "")
+    order = grain.MapDataset.range(len(y)).shuffle(seed=seed).repeat(None)
+    order = order.batch(batch_size * process_count, drop_remainder=True)  # global batches of ids
+
+    def read_block(k, ids):
+      mine = np.asarray(ids[process_index * batch_size:(process_index + 1) * batch_size])
+      if log:
+        os.makedirs(log, exist_ok=True)
+        with open(os.path.join(log, f"process_{process_index}.jsonl"), "a") as f:
+          f.write(json.dumps({"batch": int(k), "indices": mine.tolist()}) + "\n")
+      return {"x": x[mine], "y": y[mine], "index": mine.astype(np.int32)}
+
+    return order.map_with_index(read_block)
 
   def loss_fn(self, params, batch, rng, *, train):
     del rng, train

@@ -11,6 +11,14 @@ The decision, first match wins:
 3. A multi-worker Cloud TPU VM (``TPU_WORKER_HOSTNAMES`` lists more than one
    host, or ``MEGASCALE_COORDINATOR_ADDRESS`` is set): JAX auto-detects.
 4. SLURM with more than one task (``SLURM_NTASKS`` > 1): JAX auto-detects.
+
+Every device command of the CLI (``train``, ``eval``, ``caption``, ...) calls
+:func:`maybe_initialize` first, before anything can touch a device. On CPU
+hosts the processes talk through JAX's gloo collectives (selected here unless
+``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` says otherwise), which is how several
+processes on one machine form one job. ``T5VIDEO_HEARTBEAT_TIMEOUT_S``
+(default 100, JAX's own) bounds how long the survivors wait once a process
+has died before they stop with an error.
 """
 
 from __future__ import annotations
@@ -76,9 +84,19 @@ def maybe_initialize(env: Mapping[str, str] | None = None) -> bool:
   global _initialized
   if _initialized:
     return True
+  env = os.environ if env is None else env
   settings = distributed_settings(env)
   if settings is None:
     return False
+  if not env.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+    # Only the CPU client reads it: several CPU processes then share collectives over TCP.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  timeout = env.get("T5VIDEO_HEARTBEAT_TIMEOUT_S", "").strip()
+  if timeout:
+    try:
+      settings["heartbeat_timeout_seconds"] = int(timeout)
+    except ValueError as e:
+      raise ValueError(f"T5VIDEO_HEARTBEAT_TIMEOUT_S={timeout!r} must be an integer") from e
   logging.info("jax.distributed.initialize(%s)", settings or "auto-detect")
   jax.distributed.initialize(**settings)
   _initialized = True

@@ -39,5 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Seconds each batch takes to "load" (slows the run for kill tests).
       "delay_s": 0.0,
       "num_eval": 32,
+      # Global batches in one order for any process count (the multi-host tests).
+      "global_order": False,
+      # With global_order: a folder where each process logs the example ids it reads.
+      "indices_log": "",
   })
   return c
