@@ -41,6 +41,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from t5video.train import checkpoint as checkpoint_lib
 from t5video.train import distributed
 from t5video.train import logging as log_lib
+from t5video.train import memory as memory_lib
 from t5video.train import optim as optim_lib
 from t5video.train import paths
 from t5video.train import sharding as sharding_lib
@@ -519,6 +520,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raise TypeError(f"{type(engine.task).__name__}.train_loader must return a Grain iterator with "
                     f"get_state/set_state, got {type(data_iter).__name__}")
 
+  # ---- memory: compile the step from shapes, stop early if it cannot fit ----
+  # One batch is read to learn its shapes, and the iterator put back where it was.
+  before_peek = data_iter.get_state()
+  peek = next(data_iter)
+  data_iter.set_state(before_peek)
+  compiled = engine.compile({
+      k: jax.ShapeDtypeStruct((t.batch_size,) + np.shape(v)[1:], np.asarray(v).dtype)
+      for k, v in peek.items()})
+  del peek
+  need = memory_lib.check_fits(compiled, config, what="the training step")
+  if need is not None:
+    logging.info("training step: %.2f GiB per device (XLA's estimate)", need.total / memory_lib.GiB)
+
   # ---- state: resume > init_from > scratch ----------------------------------
   ckpt = checkpoint_lib.Checkpointer(
       paths.join(workdir, "checkpoints"), max_to_keep=t.max_to_keep,
@@ -567,7 +581,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       while step < t.num_steps:
         batch = engine.global_batch(next(data_iter))
         if throughput is None:
-          compiled = engine.compile(batch)
           per_example = engine.task.flops_per_example()
           flops = (per_example * t.batch_size if per_example
                    else (log_lib.compiled_flops(compiled) or 0) * jax.device_count())

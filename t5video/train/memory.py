@@ -1,0 +1,130 @@
+"""Will a compiled program fit? XLA's memory analysis against the memory free here.
+
+Before the first step the trainer compiles the train step from shapes alone
+(nothing allocated yet) and asks XLA how much memory one device needs for it:
+arguments (the train state and the batch) + outputs - donated buffers +
+temporaries (activations, gradients). On an accelerator that is compared with
+the device's free memory; on CPU, where every local device lives in host RAM,
+the local devices' needs are added up and compared with ``MemAvailable``.
+
+A program that cannot fit stops with one line: how much it needs, how much
+there is, and which config keys to lower. ``T5VIDEO_SKIP_MEMORY_CHECK=1``
+skips the check (XLA's figure is an estimate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import jax
+
+GiB = float(1 << 30)
+
+# Config keys that shrink a step's memory, with the direction to move them.
+KNOBS = (
+    ("train.batch_size", "lower"),
+    ("train.micro_batches", "raise"),
+    ("data.num_frames", "lower"),
+    ("data.size", "lower"),
+    ("model.remat", "set True"),
+    ("eval.batch_size", "lower"),
+)
+
+
+class DoesNotFitError(MemoryError):
+  """A compiled program needs more memory than this machine has free."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Need:
+  """Bytes one device needs for a compiled program (XLA's estimate)."""
+  arguments: int
+  outputs: int
+  aliased: int
+  temporaries: int
+
+  @property
+  def total(self) -> int:
+    return self.arguments + self.outputs - self.aliased + self.temporaries
+
+
+def compiled_need(compiled) -> Need | None:
+  """XLA's per-device memory estimate of a compiled program (None if unavailable)."""
+  try:
+    stats = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except  # not every backend implements it
+    return None
+  if stats is None:
+    return None
+  return Need(arguments=int(stats.argument_size_in_bytes), outputs=int(stats.output_size_in_bytes),
+              aliased=int(stats.alias_size_in_bytes), temporaries=int(stats.temp_size_in_bytes))
+
+
+def host_available_bytes() -> int | None:
+  """``MemAvailable`` of /proc/meminfo (None where there is no such file)."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    return None
+  return None
+
+
+def available_bytes(devices: Sequence[Any] | None = None) -> tuple[int | None, int]:
+  """(bytes free for one program's share, how many devices share that pool).
+
+  Accelerators: the first local device's ``bytes_limit - bytes_in_use``, for
+  one device. CPU: host RAM, shared by all local devices.
+  """
+  devices = list(devices) if devices is not None else jax.local_devices()
+  stats = None
+  try:
+    stats = devices[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), 1
+  return host_available_bytes(), len(devices)
+
+
+def _knobs(config) -> str:
+  parts = []
+  for key, how in KNOBS:
+    node = config
+    try:
+      for k in key.split("."):
+        node = node[k]
+    except (KeyError, AttributeError, TypeError):
+      continue
+    parts.append(f"{how} {key} (now {node})")
+  return ", ".join(parts)
+
+
+def check_fits(compiled, config, *, what: str = "the training step") -> Need | None:
+  """Raises :class:`DoesNotFitError` when ``compiled`` cannot fit in free memory.
+
+  Returns XLA's per-device estimate (None when the backend gives none or the
+  check is skipped).
+  """
+  if os.environ.get("T5VIDEO_SKIP_MEMORY_CHECK", "") not in ("", "0"):
+    return None
+  need = compiled_need(compiled)
+  if need is None:
+    return None
+  free, sharing = available_bytes()
+  if free is None:
+    return need
+  needed = need.total * sharing
+  if needed > free:
+    where = (f"{sharing} local devices x {need.total / GiB:.2f} GiB in host RAM" if sharing > 1
+             else f"{need.total / GiB:.2f} GiB per device")
+    raise DoesNotFitError(
+        f"{what} needs {needed / GiB:.1f} GiB ({where}: state and inputs "
+        f"{need.arguments / GiB:.2f}, temporaries {need.temporaries / GiB:.2f}) but "
+        f"{free / GiB:.1f} GiB are free: {_knobs(config)} "
+        f"(T5VIDEO_SKIP_MEMORY_CHECK=1 trusts the config anyway)")
+  return need

@@ -1,0 +1,58 @@
+"""A config too big for the machine stops before anything is allocated, in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import engine_toy
+from t5video.train import memory
+from t5video.train import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 2 x 16384 x 131072 fp32 weights = 16 GiB; with Adam's two moments 48 GiB: more than this machine.
+HUGE = ("--config.model.embed=16384", "--config.model.mlp=131072")
+too_big_here = pytest.mark.skipif(
+    (memory.host_available_bytes() or 0) > 40 * memory.GiB,
+    reason="this machine has more than 40 GiB free: the 'too big' toy would fit")
+
+
+def test_compiled_need_counts_arguments_and_temporaries():
+  f = jax.jit(lambda x, y: jnp.tanh(x @ y) @ y)
+  spec = jax.ShapeDtypeStruct((512, 512), jnp.float32)
+  need = memory.compiled_need(f.lower(spec, spec).compile())
+  assert need is not None
+  assert need.arguments == 2 * 512 * 512 * 4
+  assert need.outputs == 512 * 512 * 4
+  assert need.total >= need.arguments + need.outputs
+
+
+@too_big_here
+def test_too_big_a_config_stops_before_allocating(tmp_path, monkeypatch):
+  monkeypatch.delenv("T5VIDEO_SKIP_MEMORY_CHECK", raising=False)
+  config = engine_toy.load_config(**{"model.embed": 16384, "model.mlp": 131072})
+  with pytest.raises(memory.DoesNotFitError) as e:
+    trainer.train(config, str(tmp_path / "run"))
+  message = str(e.value)
+  assert "the training step needs" in message and "GiB are free" in message
+  assert "lower train.batch_size (now 16)" in message and "raise train.micro_batches" in message
+  assert not os.path.isdir(tmp_path / "run" / "checkpoints" / "0")
+
+
+@too_big_here
+def test_too_big_a_config_is_one_line_from_the_cli(tmp_path):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "tests"), REPO]))
+  env.pop("T5VIDEO_SKIP_MEMORY_CHECK", None)
+  out = subprocess.run(
+      [sys.executable, "-m", "t5video.cli", "train", "--config",
+       os.path.join(REPO, "tests", "configs", "engine_toy.py"), "--workdir", str(tmp_path / "run"),
+       *HUGE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1, out.stderr[-2000:]
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert lines[-1].startswith("t5video train: DoesNotFitError: the training step needs"), lines[-5:]
+  assert "Traceback" not in out.stderr
