@@ -12,3 +12,16 @@ from absl import flags  # noqa: E402
 
 # Grain's worker processes read absl flags; pytest never parses them.
 flags.FLAGS.mark_as_parsed()
+
+# gcsfs >= 2026.10 (read when gcsfs is imported) asks a gRPC API for each bucket's type; the
+# local GCS emulator does not speak it and each lookup waits 60 s. See tests/gcs_emulator.py.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  """A local GCS emulator with bucket ``gs://t5video-test``; this process's clients point at it."""
+  import gcs_emulator as emulator  # pylint: disable=g-import-not-at-top
+  yield from emulator.session_fixture()
