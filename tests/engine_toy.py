@@ -146,14 +146,21 @@ class ToyTask(task_lib.Task):
     return loss, {"accuracy": accuracy, "batch_fingerprint": fingerprint}
 
   def evaluate(self, params, *, step, workdir):
+    """Loss and accuracy on held-out examples, each process evaluating its share."""
     del step, workdir
+    from t5video.evaluate import hosts  # pylint: disable=g-import-not-at-top
     m, d = self.config.model, self.config.data
     x, y = make_arrays(d.num_eval, m.length, m.embed, m.classes, seed=4321)
-    logits = jax.jit(lambda p, v: self.model.apply({"params": p}, v))(params, x)
+    mine = np.asarray(hosts.share(range(len(y))), np.int64)
+    local = hosts.local_params(params)
+    logits = jax.jit(lambda p, v: self.model.apply({"params": p}, v))(local, x[mine])
     logits = np.asarray(logits, np.float64)
     logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-    loss = float(np.mean(logz - logits[np.arange(len(y)), y]))
-    return {"loss": loss, "accuracy": float(np.mean(logits.argmax(-1) == y))}
+    losses = logz - logits[np.arange(len(mine)), y[mine]]
+    correct = logits.argmax(-1) == y[mine]
+    rows = hosts.gather(list(zip(losses.tolist(), correct.tolist())))
+    return {"loss": float(np.mean([r[0] for r in rows])),
+            "accuracy": float(np.mean([r[1] for r in rows])), "num_examples": len(rows)}
 
 
 def load_config(arg: str | None = None, **overrides):

@@ -6,7 +6,10 @@ Every process runs ``t5video train`` (the CLI's start-up path, which must call
 on the engine's toy task with global batches in one order for any process
 count (``data.global_order``). Proven here:
 
-* the 2 x 2 job reaches the same losses, step by step, as 1 process x 4 devices;
+* the 2 x 2 job, its parameters split across both processes (FSDP over 4
+  devices), reaches the same losses, step by step, as 1 process x 4 devices,
+  and the same evaluation, which each process runs on its share of the
+  examples (:mod:`t5video.evaluate.hosts`);
 * each process reads its own block of every global batch (disjoint, and their
   union is the batch);
 * both processes SIGKILLed after a checkpoint, both restarted: the job resumes
@@ -53,7 +56,9 @@ def _env(devices: int, **extra: str) -> dict[str, str]:
 def _train_cmd(workdir: str, *overrides: str) -> list[str]:
   return [sys.executable, "-m", "t5video.cli", "train", "--config", CONFIG, "--workdir", workdir,
           f"--config.train.num_steps={STEPS}", "--config.train.checkpoint_every=6",
-          f"--config.train.batch_size={BATCH}", "--config.data.global_order=True", *overrides]
+          f"--config.train.batch_size={BATCH}", "--config.data.global_order=True",
+          # FSDP over all 4 devices: every parameter is split across the 2 processes.
+          "--config.mesh.shape=(1,4,1)", *overrides]
 
 
 def _start_job(workdir: str, *overrides: str, heartbeat_s: int = 100) -> list[subprocess.Popen]:
@@ -121,13 +126,14 @@ def one_process_reference(tmp_path_factory):
   assert out.returncode == 0, out.stderr[-3000:]
   metrics = _metrics(workdir)
   assert sorted(metrics) == list(range(1, STEPS + 1))
-  return metrics
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    return metrics, json.load(f)["eval"]
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_and_resume_after_both_are_killed(
     tmp_path, one_process_reference):
-  reference = one_process_reference
+  reference, reference_eval = one_process_reference
   workdir = str(tmp_path / "run")
   ids_dir = str(tmp_path / "ids")
 
@@ -152,7 +158,13 @@ def test_two_processes_match_one_process_and_resume_after_both_are_killed(
     assert after[step]["batch_fingerprint"] == reference[step]["batch_fingerprint"], step
     # ... and the same loss (the gradient all-reduce crosses processes: summation order may differ).
     np.testing.assert_allclose(after[step]["loss"], reference[step]["loss"], rtol=1e-5, err_msg=step)
-  assert os.path.isfile(os.path.join(workdir, "final_metrics.json"))
+  # Evaluation: each process scored its share of the held-out examples (params all-gathered
+  # from the FSDP shards), the shares gathered back: the same figures as on 1 process.
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    evaluation = json.load(f)["eval"]
+  assert evaluation["num_examples"] == reference_eval["num_examples"] == 32
+  np.testing.assert_allclose(evaluation["loss"], reference_eval["loss"], rtol=1e-5)
+  assert evaluation["accuracy"] == reference_eval["accuracy"]
 
   # Each process read its own block of every global batch: disjoint, and the union is the batch.
   reads = []
