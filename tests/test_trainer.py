@@ -344,3 +344,14 @@ def test_peak_flops_table_and_throughput():
   m = t.measure(10)
   assert m["examples_per_sec"] == pytest.approx(8 * m["steps_per_sec"])
   assert m["mfu"] == pytest.approx(m["steps_per_sec"] * 1e12 / 4e12)
+
+
+def test_time_waiting_for_data_is_measured_and_printed(tmp_path, capsys):
+  # Each batch "loads" for 0.2 s while the toy step takes milliseconds: most time is waiting.
+  config = engine_toy.load_config(**{"data.delay_s": 0.2, "train.num_steps": 6,
+                                     "train.checkpoint_every": 0})
+  result = trainer.train(config, str(tmp_path / "run"))
+  assert 0.5 < result["data_wait_fraction"] <= 1.0, result
+  assert "of the training time was spent waiting for data" in capsys.readouterr().out
+  records = _read_metrics(str(tmp_path / "run"))
+  assert all(0.0 <= records[s]["data_wait_fraction"] <= 1.0 for s in range(2, 7))

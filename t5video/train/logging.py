@@ -141,7 +141,8 @@ class MetricsLogger:
 
 
 class Throughput:
-  """Steps/s, examples/s, achieved FLOP/s and MFU over the last logging window."""
+  """Steps/s, examples/s, achieved FLOP/s, MFU and the share of time spent waiting for input
+  over the last logging window (and the waiting over the whole run)."""
 
   def __init__(self, *, global_batch: int, flops_per_step: float | None, num_devices: int,
                peak_per_device: float | None):
@@ -151,10 +152,19 @@ class Throughput:
     self.peak = peak_per_device
     self._t = time.perf_counter()
     self._step: int | None = None
+    self._wait = 0.0  # seconds spent waiting for input in the current window
+    # Over every measured window of the run: time waiting for input, and all time.
+    self.total_wait = 0.0
+    self.total_time = 0.0
+
+  def add_data_wait(self, seconds: float) -> None:
+    """Counts time the loop spent blocked on the input pipeline."""
+    self._wait += seconds
 
   def reset(self, step: int) -> None:
     self._t = time.perf_counter()
     self._step = step
+    self._wait = 0.0
 
   def measure(self, step: int) -> dict[str, float | None]:
     now = time.perf_counter()
@@ -162,6 +172,9 @@ class Throughput:
     if self._step is not None and step > self._step and now > self._t:
       sps = (step - self._step) / (now - self._t)
       out["steps_per_sec"] = sps
+      out["data_wait_fraction"] = self._wait / (now - self._t)
+      self.total_wait += self._wait
+      self.total_time += now - self._t
       out["examples_per_sec"] = sps * self.global_batch
       if self.flops_per_step:
         achieved = sps * self.flops_per_step
@@ -169,5 +182,5 @@ class Throughput:
         out["mfu"] = achieved / (self.peak * self.num_devices) if self.peak else None
       else:
         out["mfu"] = None
-    self._t, self._step = now, step
+    self._t, self._step, self._wait = now, step, 0.0
     return out

@@ -27,6 +27,7 @@ import os
 import re
 import signal
 import threading
+import time
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -362,7 +363,7 @@ class Engine:
         loss = loss / micro
         metrics = jax.tree_util.tree_map(lambda m: m / micro, metrics)
 
-      grad_norm = optax.global_norm(grads)
+      grad_norm = optax.tree.norm(grads)
       finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
       apply = finite & ~state["stopped"]
       updates, new_opt = tx.update(grads, state["opt_state"], params)
@@ -579,8 +580,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       window_n = 0
       pending_save = False
       while step < t.num_steps:
+        waited = time.perf_counter()
         batch = engine.global_batch(next(data_iter))
-        if throughput is None:
+        waited = time.perf_counter() - waited
+        if throughput is not None:
+          throughput.add_data_wait(waited)
+        else:
           per_example = engine.task.flops_per_example()
           flops = (per_example * t.batch_size if per_example
                    else (log_lib.compiled_flops(compiled) or 0) * jax.device_count())
@@ -640,6 +645,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             print(f"preempted: checkpoint written at step {step}", flush=True)
           result.update(step=step, preempted=True)
           break
+    if throughput is not None and throughput.total_time > 0:
+      result["data_wait_fraction"] = throughput.total_wait / throughput.total_time
+      if is_main:
+        print(f"input pipeline: {100 * result['data_wait_fraction']:.1f}% of the training time "
+              f"was spent waiting for data ({throughput.total_wait:.1f} s of "
+              f"{throughput.total_time:.1f} s)", flush=True)
   finally:
     ckpt.close()
     logger.close()
