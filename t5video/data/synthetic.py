@@ -14,6 +14,15 @@ label distribution is long-tailed. A single frame does not tell the classes of
 an order-dependent pair apart: the events are placed symmetrically in time, so
 the middle frame shows either end state with equal probability.
 
+Side information is honest by default: the subtitle line is what someone says
+while filming (mostly off-topic or vague; motion words only in lines about other
+things; rarely one word about the object), and the metadata is partial, noisy
+or stale (an object count, the still objects' shapes, another scene's
+inventory, a background that is right about half the time). Neither states the
+class, the key object or a caption; only the pixels do. ``side_information=
+'oracle'`` writes the earlier text that does (a leak, kept to show what the
+leakage guard in ``tests/test_side_information.py`` catches).
+
 Everything is a function of the seed: :func:`sample_specs` draws the per-clip
 specifications (scene, events, captions, tags, metadata, splits) without
 rendering anything, and rendering a spec draws its pixel noise from a seed
@@ -65,7 +74,17 @@ import numpy as np
 
 # Bump when the generator changes what it writes for a given seed; a folder
 # rendered by another version is then not mistaken for a finished one.
-GENERATOR_VERSION = 3
+# 4: honest side information (metadata and subtitles no longer state the key
+# object or its action; ``side_information='oracle'`` keeps version 3's text).
+GENERATOR_VERSION = 4
+
+# What the non-visual annotation fields (subtitle, metadata) may know:
+#   'honest' (default): like real side information, partial, noisy and mostly
+#     about something else; never the action, rarely and only partly the object;
+#   'oracle': version 3's text, which names the key object (colour, shape, size)
+#     and paraphrases the action with the captions' own verbs. A leak, kept only
+#     to show what the leakage guard catches (tests/test_side_information.py).
+SIDE_INFORMATION = ("honest", "oracle")
 
 SPLITS = ("train", "val", "test")
 
@@ -231,6 +250,8 @@ class SyntheticConfig:
     backgrounds: draw backgrounds from these (None: all of :data:`BACKGROUNDS`);
       ``('plain',)`` gives an easier set for models trained from scratch.
     max_distractors: at most this many still distractor objects (0-2).
+    side_information: 'honest' (default) or 'oracle' (subtitle and metadata
+      name the object and the action: a leak; see :data:`SIDE_INFORMATION`).
   """
   num_videos: int
   seed: int
@@ -246,6 +267,7 @@ class SyntheticConfig:
   crf: int = 23
   backgrounds: Optional[tuple[str, ...]] = None
   max_distractors: int = 2
+  side_information: str = "honest"
 
   def validate(self) -> None:
     """Raises ValueError naming the bad setting."""
@@ -278,6 +300,9 @@ class SyntheticConfig:
       raise ValueError("backgrounds is empty (None: all)")
     if not 0 <= self.max_distractors <= 2:
       raise ValueError(f"max_distractors must be in [0, 2], got {self.max_distractors}")
+    if self.side_information not in SIDE_INFORMATION:
+      raise ValueError(f"side_information must be one of {SIDE_INFORMATION}, "
+                       f"got {self.side_information!r}")
     if not 0 <= self.crf <= 51:
       raise ValueError(f"crf must be in [0, 51], got {self.crf}")
 
@@ -298,6 +323,8 @@ class SyntheticConfig:
       d["backgrounds"] = list(self.backgrounds)
     if self.max_distractors == 2:
       d.pop("max_distractors")
+    if self.side_information == "honest":
+      d.pop("side_information")
     return d
 
 
@@ -349,6 +376,7 @@ class ClipSpec:
   tags: tuple[str, ...]
   subtitle: str
   objects_text: str
+  background_text: str
   queries: tuple[str, ...]
   annotator_jitter: tuple[int, ...]
 
@@ -369,6 +397,10 @@ class ClipSpec:
       cover = max((_overlap(lo, hi, e.start, e.end) for e in self.events), default=0.0)
       out.append(round(0.1 + 0.9 * cover / (hi - lo), 3))
     return out
+
+  def metadata(self) -> dict[str, str]:
+    """The clip's metadata fields (``objects``, ``background``; either may be '')."""
+    return {"objects": self.objects_text, "background": self.background_text}
 
   def moments(self) -> list[dict[str, Any]]:
     return [{"start": round(e.start, 3), "end": round(e.end, 3), "query": q}
@@ -584,7 +616,12 @@ def _captions(rng: np.random.Generator, key: ObjectSpec, distractors: Sequence[O
 
 def _subtitle(rng: np.random.Generator, key: ObjectSpec, events: Sequence[EventSpec],
               background: str) -> str:
-  """A speech-recognition-like line; some clips get misheard or unrelated words."""
+  """The oracle subtitle (version 3's): names the object and paraphrases the action
+  with the captions' own verbs; some clips get misheard or unrelated words.
+
+  Always drawn (from the clip's main stream), so the rest of the clip's spec does
+  not depend on ``side_information``; only ``'oracle'`` keeps it.
+  """
   if rng.random() < 0.1:
     return _pick(rng, ("let me adjust the camera real quick",
                        "okay is this thing recording",
@@ -601,6 +638,94 @@ def _subtitle(rng: np.random.Generator, key: ObjectSpec, events: Sequence[EventS
       bare = words[i].rstrip(",")
       words[i] = _MISHEARD.get(bare, _pick(rng, _FILLERS)) + words[i][len(bare):]
   return " ".join(words)
+
+
+# Honest subtitles: what people say while filming is mostly about something
+# else. Motion words appear in lines about other things, independently of the clip.
+_OFF_TOPIC = (
+    "okay is this thing recording", "let me adjust the camera real quick",
+    "and that is all for this one", "we will do a few more of these today",
+    "the light in here keeps changing", "can you hear me at the back",
+    "i think the battery is almost empty", "that was take number {n}",
+    "hold on my phone is ringing", "this one is for the project",
+    "we recorded these last week", "give me a second to set up",
+    "is the focus okay now", "we are almost done with this batch",
+)
+_VAGUE = (
+    "look at this one", "watch what it does now", "here it goes", "see that",
+    "keep your eyes on it", "and there it is", "what do you think happens next",
+    "it is doing its thing again", "pay attention now", "okay here we go again",
+)
+_DISTRACTING = (
+    "turn left at the end of the hall", "scroll down for the rest",
+    "the volume goes up and down", "this song keeps growing on me",
+    "my budget shrinks every year", "i will show you the right settings later",
+    "it just appears to work", "the old camera disappears into a drawer",
+    "prices went up again", "slow down a bit", "move the lamp to the right",
+    "the fan spins too loud", "the screen changes colour when it gets warm",
+    "pick it up on the left side",
+)
+_PARTIAL = ("i like the {w} one", "that {w} again", "is that a {w}", "another {w} i guess",
+            "the {w} looks nice")
+
+
+def _mishear(rng: np.random.Generator, line: str) -> str:
+  """Half the lines get one or two words misheard or replaced by fillers."""
+  words = line.split(" ")
+  if rng.random() < 0.5:
+    for _ in range(int(rng.integers(1, 3))):
+      i = int(rng.integers(len(words)))
+      bare = words[i].rstrip(",")
+      words[i] = _MISHEARD.get(bare, _pick(rng, _FILLERS)) + words[i][len(bare):]
+  return " ".join(words)
+
+
+def _honest_subtitle(rng: np.random.Generator, key: ObjectSpec) -> str:
+  """An ASR-like line that behaves like a real one: mostly off-topic or vague,
+  motion words only in lines about other things, and in about one clip in ten a
+  single word about the object (its colour or its shape, right 70% of the time)."""
+  u = rng.random()
+  if u < 0.40:
+    line = _pick(rng, _OFF_TOPIC).format(n=int(rng.integers(2, 9)))
+  elif u < 0.65:
+    line = _pick(rng, _VAGUE)
+  elif u < 0.90:
+    line = _pick(rng, _DISTRACTING)
+  else:
+    if rng.random() < 0.5:
+      word = key.colour if rng.random() < 0.7 else _pick(rng, list(COLOURS))
+    else:
+      word = key.shape if rng.random() < 0.7 else _pick(rng, SHAPES)
+    line = _pick(rng, _PARTIAL).format(w=word)
+  return _mishear(rng, line)
+
+
+def _honest_metadata(rng: np.random.Generator, distractors: Sequence[ObjectSpec],
+                     background: str) -> tuple[str, str]:
+  """(objects, background) fields that behave like real metadata: often missing,
+  sometimes stale (another scene's inventory), never the key object's
+  description; the background is right about half the time."""
+  u = rng.random()
+  if u < 0.35:
+    objects = ""
+  elif u < 0.60:
+    n = 1 + len(distractors)
+    objects = f"{n} object" + ("s" if n > 1 else "")
+  elif u < 0.85:
+    # True but about something else: the still objects, by shape only.
+    objects = ", ".join(o.shape for o in distractors)
+  else:
+    # Stale: an inventory copied from another recording.
+    objects = ", ".join(f"{_pick(rng, list(COLOURS))} {_pick(rng, SHAPES)}"
+                        for _ in range(int(rng.integers(1, 3))))
+  v = rng.random()
+  if v < 0.55:
+    bg = background
+  elif v < 0.75:
+    bg = _pick(rng, [b for b in BACKGROUNDS if b != background])
+  else:
+    bg = ""
+  return objects, bg
 
 
 def _usable(spec_w: int, spec_h: int, radius_px: float) -> tuple[float, float, float, float]:
@@ -690,7 +815,7 @@ def _sample_clip(cfg: SyntheticConfig, index: int, label: str, split: str,
 
   probe = ClipSpec(index, video_id, label, split, width, height, fps, num_frames,
                    background, bg_colours, bg_params, key, (), tuple(events), 0.0,
-                   False, 0, (), (), "", "", (), ())
+                   False, 0, (), (), "", "", "", (), ())
   track = _track(probe, np.arange(num_frames) / fps)
   short = min(width, height)
   distractors = []
@@ -722,8 +847,16 @@ def _sample_clip(cfg: SyntheticConfig, index: int, label: str, split: str,
             + [background] + list(actions)):
     if t not in tags:
       tags.append(t)
-  inventory = [f"{key.size} {key.colour} {key.shape}"] + [
-      f"{o.size} {o.colour} {o.shape} (still)" for o in distractors]
+  if cfg.side_information == "oracle":
+    inventory = [f"{key.size} {key.colour} {key.shape}"] + [
+        f"{o.size} {o.colour} {o.shape} (still)" for o in distractors]
+    objects_text, background_text = ", ".join(inventory), background
+  else:
+    # Its own random stream, so that honest and oracle datasets of one seed have
+    # the same pixels, captions and tags.
+    side = np.random.default_rng(np.random.SeedSequence([cfg.seed, 2, index]))
+    subtitle = _honest_subtitle(side, key)
+    objects_text, background_text = _honest_metadata(side, distractors, background)
   n_clips = int(math.ceil(dur / 2.0 - 1e-9))
   jitter = tuple(int(v) for v in rng.integers(-1, 2, size=3 * n_clips * len(events)))
   return ClipSpec(
@@ -733,7 +866,8 @@ def _sample_clip(cfg: SyntheticConfig, index: int, label: str, split: str,
       distractors=tuple(distractors), events=tuple(events),
       noise_sigma=float(rng.uniform(2.0, 7.0)), shaky=bool(rng.random() < 0.25),
       render_seed=int(rng.integers(1 << 62)), captions=tuple(captions),
-      tags=tuple(tags), subtitle=subtitle, objects_text=", ".join(inventory),
+      tags=tuple(tags), subtitle=subtitle, objects_text=objects_text,
+      background_text=background_text,
       queries=tuple(queries), annotator_jitter=jitter)
 
 
@@ -1006,7 +1140,7 @@ def _generic_row(spec: ClipSpec) -> dict[str, Any]:
       "split": spec.split,
       "duration": round(spec.duration, 6),
       "subtitle": spec.subtitle,
-      "metadata": {"objects": spec.objects_text, "background": spec.background},
+      "metadata": spec.metadata(),
       "moments": spec.moments(),
       "saliency": spec.saliency(),
       "fps": spec.fps,
@@ -1156,8 +1290,8 @@ def render_dataset(out_dir: str, num_videos: int, seed: int, *,
                    fps_choices: Sequence[int] = (8, 10, 12), workers: int = 1,
                    classes: Optional[Sequence[str]] = None,
                    class_prior: str = "zipf", backgrounds: Optional[Sequence[str]] = None,
-                   max_distractors: int = 2, overwrite: bool = False,
-                   verbose: bool = False) -> dict[str, Any]:
+                   max_distractors: int = 2, side_information: str = "honest",
+                   overwrite: bool = False, verbose: bool = False) -> dict[str, Any]:
   """Renders the synthetic dataset into ``out_dir`` (see the module docstring).
 
   A folder whose ``DONE`` records the same settings (and whose videos and
@@ -1179,6 +1313,8 @@ def render_dataset(out_dir: str, num_videos: int, seed: int, *,
     class_prior: 'zipf' (long-tailed) or 'uniform'.
     backgrounds: draw from these backgrounds only (None: all).
     max_distractors: at most this many still distractors (0-2).
+    side_information: 'honest' (default) or 'oracle' (subtitle and metadata
+      state the object and the action; a leak, for the leakage guard only).
     overwrite: replace a folder rendered with other settings.
     verbose: print progress.
 
@@ -1191,7 +1327,7 @@ def render_dataset(out_dir: str, num_videos: int, seed: int, *,
       num_videos=num_videos, seed=seed, splits=splits, min_seconds=min_seconds,
       max_seconds=max_seconds, sizes=sizes, fps_choices=fps_choices,
       classes=classes, class_prior=class_prior, backgrounds=backgrounds,
-      max_distractors=max_distractors)))
+      max_distractors=max_distractors, side_information=side_information)))
   cfg.validate()
   config_json = cfg.to_json()
   done_path = os.path.join(out_dir, "DONE")
@@ -1273,6 +1409,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--min-seconds", type=float, default=2.0)
   parser.add_argument("--max-seconds", type=float, default=4.0)
   parser.add_argument("--class-prior", choices=("zipf", "uniform"), default="zipf")
+  parser.add_argument("--side-information", choices=SIDE_INFORMATION, default="honest",
+                      help="'oracle' writes subtitles and metadata that state the answer "
+                      "(a leak; only to test leakage guards)")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace a folder rendered with other settings")
   args = parser.parse_args(list(argv) if argv is not None else sys.argv[1:])
@@ -1280,7 +1419,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = render_dataset(args.out, args.num_videos, args.seed,
                              min_seconds=args.min_seconds, max_seconds=args.max_seconds,
                              workers=args.workers, class_prior=args.class_prior,
-                             overwrite=args.overwrite, verbose=True)
+                             side_information=args.side_information, overwrite=args.overwrite, verbose=True)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

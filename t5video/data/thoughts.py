@@ -9,6 +9,17 @@ A thought is a short, labelled piece of text about the video:
 * ``draft``: a draft caption (the model's own first pass, or in training a
   corrupted reference) that a second pass refines.
 
+Concepts come from the frames (a *visual* thought: swap the frames and they
+change); metadata, subtitles and drafts are *non-visual*. Non-visual thoughts
+must behave like real side information: partial, noisy, often about something
+else, never the answer. The synthetic world's metadata and subtitles do so by
+default (``t5video.data.synthetic``, ``side_information='honest'``; the leakage
+guard is ``tests/test_side_information.py``). A draft made by
+:func:`corrupt_caption` from a reference caption is an *oracle* draft: it carries
+most of the reference's words, so a model trained on it learns to copy its
+draft; an honest draft is the model's own first pass (or an earlier
+checkpoint's), as at test time.
+
 Each source can be switched off (ablation) and, in training, dropped at random
 per example (thought dropout) so the model also works with none.
 """
@@ -26,6 +37,10 @@ TASK_PROMPTS = {
     "tags": "tags:",
 }
 SOURCES = ("concepts", "metadata", "subtitle", "draft")
+# Thoughts computed from the frames (recompute them when the frames change) and
+# those that are not (text that comes with the video, or the model's own draft).
+VISUAL_SOURCES = ("concepts",)
+NON_VISUAL_SOURCES = ("metadata", "subtitle", "draft")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +72,13 @@ class ThoughtConfig:
 
 
 def corrupt_caption(text: str, rate: float, vocabulary: Sequence[str], rng: np.random.Generator) -> str:
-  """A noisy "draft": each word is kept, dropped or swapped for a vocabulary word."""
+  """An *oracle* draft: each word of a reference is kept, dropped or swapped for a
+  vocabulary word.
+
+  It leaks the reference (about 70% of its words at ``rate=0.3``), so it is not a
+  draft a model could have written; use it only as the oracle control. An honest
+  draft is the model's own first-pass caption.
+  """
   words = text.split()
   out = []
   for w in words:
