@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import grain
@@ -232,27 +233,37 @@ def _metrics(text):
 
 
 def test_train_into_a_bucket_sigkill_and_resume(bucket_dir, gcs_emulator, tmp_path):
-  # Reference: 20 uninterrupted steps on local disk, in this process.
-  reference = trainer.train(engine_toy.load_config(), str(tmp_path / "ref"))
-  ref = _metrics(open(tmp_path / "ref" / "metrics.jsonl").read())
-  assert reference["step"] == 20 and sorted(ref) == list(range(1, 21))
-
-  # A real process trains into gs://, slowed by its input, SIGKILLed after its step-10 checkpoint.
+  # A real process trains into gs://, slowed by its input, SIGKILLed after its step-10 checkpoint
+  # (a watcher thread kills it while this process runs the reference).
   run = paths.join(bucket_dir, "run")
   args = [sys.executable, "-m", "engine_toy", "--workdir", run, "--set", "data.delay_s=0.25"]
   proc = subprocess.Popen(args, cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   marker = paths.join(run, "checkpoints", "10", "commit_success.txt")
-  start = time.time()
-  try:
-    while not paths.exists(marker):
-      if proc.poll() is not None:
-        raise AssertionError(f"training ended early (rc {proc.returncode}):\n{proc.stdout.read()[-4000:]}")
-      assert time.time() - start < 180, "timed out waiting for the step-10 checkpoint on the bucket"
-      time.sleep(0.05)
-  finally:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+  watch: dict = {}
+
+  def kill_after_step_10():
+    start = time.time()
+    try:
+      while proc.poll() is None and time.time() - start < 240:
+        if paths.exists(marker):
+          watch["seen"] = True
+          break
+        time.sleep(0.05)
+    finally:
+      proc.send_signal(signal.SIGKILL)
+
+  watcher = threading.Thread(target=kill_after_step_10, daemon=True)
+  watcher.start()
+
+  # Reference: 20 uninterrupted steps on local disk, in this process.
+  reference = trainer.train(engine_toy.load_config(), str(tmp_path / "ref"))
+  ref = _metrics(open(tmp_path / "ref" / "metrics.jsonl").read())
+  assert reference["step"] == 20 and sorted(ref) == list(range(1, 21))
+
+  watcher.join(timeout=300)
+  out, _ = proc.communicate(timeout=60)
+  assert watch.get("seen"), f"no step-10 checkpoint on the bucket (rc {proc.returncode}):\n{out[-4000:]}"
   assert proc.returncode == -signal.SIGKILL
   killed_at = max(_metrics(paths.read_text(paths.join(run, "metrics.jsonl"))))
   assert 10 <= killed_at < 20, killed_at

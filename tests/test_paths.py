@@ -36,3 +36,31 @@ def test_remote_append_uploads_whole_file(tmp_path, monkeypatch):
   assert store["gs://b/run/metrics.jsonl"] == "0\n1\n2\n"
   mirror = paths.local_mirror("gs://b/run")
   assert mirror.startswith(str(tmp_path)) and os.path.isdir(mirror)
+
+
+def test_local_file_functions(tmp_path, monkeypatch):
+  """The same functions on local disk (tests/test_gcs.py runs them against a bucket)."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  d = str(tmp_path / "w")
+  paths.makedirs(os.path.join(d, "eval"))
+  assert paths.isdir(os.path.join(d, "eval")) and paths.listdir(d) == ["eval"]
+  with paths.open(os.path.join(d, "eval", "a.bin"), "wb") as f:
+    f.write(b"\x01\x02")
+  assert paths.read_bytes(os.path.join(d, "eval", "a.bin")) == b"\x01\x02"
+  paths.write_bytes(os.path.join(d, "b.bin"), b"\x03")
+  with paths.open(os.path.join(d, "b.bin"), "rb") as f:
+    assert f.read() == b"\x03"
+  paths.write_text(os.path.join(d, "eval", "t.txt"), "x")
+  assert not [n for n in os.listdir(os.path.join(d, "eval")) if ".tmp" in n]  # temp renamed away
+  assert paths.glob(os.path.join(d, "**", "*.txt")) == [os.path.join(d, "eval", "t.txt")]
+  assert paths.glob(os.path.join(d, "*.bin")) == [os.path.join(d, "b.bin")]
+  paths.copy(os.path.join(d, "b.bin"), os.path.join(d, "new", "c.bin"))
+  assert open(os.path.join(d, "new", "c.bin"), "rb").read() == b"\x03"
+  paths.copytree(os.path.join(d, "eval"), os.path.join(d, "eval2"))
+  assert paths.listdir(os.path.join(d, "eval2")) == ["a.bin", "t.txt"]
+  assert paths.local_copy(d) == d
+  paths.remove(os.path.join(d, "b.bin"))
+  paths.rmtree(os.path.join(d, "eval2"))
+  assert paths.listdir(d) == ["eval", "new"]
+  assert paths.basename("gs://b/run/x.json") == "x.json" and paths.dirname("gs://b/run/x.json") == "gs://b/run"
+  assert paths.dirname("gs://b") == "gs://b"

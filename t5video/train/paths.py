@@ -101,14 +101,14 @@ def listdir(path: str) -> list[str]:
 
 
 def glob(pattern: str) -> list[str]:
-  """Sorted paths matching ``pattern`` (``*``, ``?``, ``[..]``; ``**`` on buckets only)."""
+  """Sorted paths matching ``pattern`` (``*``, ``?``, ``[..]``, ``**`` for any depth)."""
   if is_remote(pattern):
     from etils.epath import backend  # pylint: disable=g-import-not-at-top
     protocol = str(pattern).split("://", 1)[0] + "://"
     found = backend.fsspec_backend.fs(pattern).glob(str(pattern))
     return sorted(p if "://" in p else protocol + p for p in found)
   import glob as glob_lib  # pylint: disable=g-import-not-at-top
-  return sorted(glob_lib.glob(pattern))
+  return sorted(glob_lib.glob(pattern, recursive=True))
 
 
 def open(path: str, mode: str = "r") -> IO[Any]:  # pylint: disable=redefined-builtin
