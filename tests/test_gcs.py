@@ -285,3 +285,40 @@ def test_train_into_a_bucket_sigkill_and_resume(bucket_dir, gcs_emulator, tmp_pa
     for item in ("state/", "data/process_0-of-1.json", "config/"):
       assert any(f"checkpoints/{step}/{item}" in n for n in names), (step, item)
   assert not any("/tensorboard/" in n for n in names)  # events go to a local mirror
+
+
+# ----------------------------------------------------------------------------- converters
+
+def test_hf_directories_and_converted_checkpoints_on_a_bucket(bucket_dir, tmp_path):
+  """export_hf / load_hf / `t5video convert` / `export-hf` with gs:// directories."""
+  import flax
+  from t5video.models import convert_io, export_hf, load_hf
+  from t5video.models import t5 as t5_lib
+  cfg = t5_lib.T5Config.variant("tiny", feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+  module = t5_lib.T5ForConditionalGeneration(cfg)
+  ids = jnp.zeros((1, 3), jnp.int32)
+  shapes = flax.linen.unbox(jax.eval_shape(
+      lambda rng: module.init(rng, input_ids=ids, decoder_input_ids=ids)["params"], jax.random.PRNGKey(0)))
+  rs = np.random.RandomState(0)  # random values without compiling T5's init
+  params = jax.tree_util.tree_map(lambda s: rs.normal(size=s.shape).astype(s.dtype), shapes)
+  (tmp_path / "tok").mkdir()
+  (tmp_path / "tok" / "spiece.model").write_bytes(b"not really a model")
+
+  hf_dir = paths.join(bucket_dir, "hf")
+  export_hf(module, params, hf_dir, tokenizer_from=str(tmp_path / "tok"))
+  assert paths.listdir(hf_dir) == ["config.json", "model.safetensors", "spiece.model"]
+  module2, params2 = load_hf(hf_dir)
+  assert module2.config == module.config
+
+  def same(a, b):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+  same(params2, params)
+  ckpt = convert_io.convert_to_orbax(hf_dir, paths.join(bucket_dir, "converted"))
+  assert paths.exists(paths.join(ckpt, "hf_config.json"))
+  module3, params3 = convert_io.load_orbax(ckpt)
+  assert module3.config == module.config
+  same(params3, params)
+  out = convert_io.export_from_orbax(ckpt, paths.join(bucket_dir, "hf_again"), tokenizer_from=hf_dir)
+  assert paths.read_bytes(paths.join(out, "spiece.model")) == b"not really a model"
+  same(load_hf(out)[1], params)

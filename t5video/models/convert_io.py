@@ -12,37 +12,39 @@ A converted checkpoint directory holds::
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
 
 def convert_to_orbax(hf_dir: str, out_dir: str) -> str:
-  """Converts an HF CLIP/T5 directory into an Orbax checkpoint at ``out_dir``."""
+  """Converts an HF CLIP/T5 directory into an Orbax checkpoint at ``out_dir`` (local or gs://)."""
   import orbax.checkpoint as ocp
   from t5video.models import hf
-  out_dir = os.path.abspath(out_dir)
+  from t5video.train import paths
+  out_dir = paths.normalize(out_dir)
+  hf_dir = paths.local_copy(hf_dir)
   _, params = hf.load_hf(hf_dir)
-  os.makedirs(out_dir, exist_ok=True)
-  params_dir = os.path.join(out_dir, "params")
+  paths.makedirs(out_dir)
+  params_dir = paths.join(out_dir, "params")
   ckptr = ocp.PyTreeCheckpointer()
   ckptr.save(params_dir, params, force=True)
-  with open(os.path.join(out_dir, "hf_config.json"), "w") as f:
-    json.dump(hf.read_hf_config(hf_dir), f, indent=2, sort_keys=True)
+  paths.write_text(paths.join(out_dir, "hf_config.json"),
+                   json.dumps(hf.read_hf_config(hf_dir), indent=2, sort_keys=True))
   return out_dir
 
 
 def load_orbax(ckpt_dir: str):
-  """``(module, params)`` from a directory written by :func:`convert_to_orbax`."""
+  """``(module, params)`` from a directory written by :func:`convert_to_orbax` (local or gs://)."""
   import orbax.checkpoint as ocp
   from t5video.models import convert_clip, hf
   from t5video.models import t5 as t5_lib
-  cfg_path = os.path.join(ckpt_dir, "hf_config.json")
-  if not os.path.isfile(cfg_path):
+  from t5video.train import paths
+  ckpt_dir = paths.normalize(ckpt_dir)
+  cfg_path = paths.join(ckpt_dir, "hf_config.json")
+  if not paths.exists(cfg_path):
     raise FileNotFoundError(f"{cfg_path}: not found; was {ckpt_dir!r} written by `t5video convert`?")
-  with open(cfg_path) as f:
-    hf_config = json.load(f)
-  params = ocp.PyTreeCheckpointer().restore(os.path.join(os.path.abspath(ckpt_dir), "params"))
+  hf_config = json.loads(paths.read_text(cfg_path))
+  params = ocp.PyTreeCheckpointer().restore(paths.join(ckpt_dir, "params"))
   params = _numpy_tree(params)
   # Rebuild the module from the saved config; the params' top-level names say
   # which CLIP model (and whether it has projections) or which T5 layout.

@@ -120,10 +120,13 @@ def load_hf(path: str, **overrides):
   """Loads an HF CLIP or T5 directory. Returns ``(module, params)``.
 
   Args:
-    path: a directory written by ``save_pretrained`` or a hub snapshot.
+    path: a directory written by ``save_pretrained`` or a hub snapshot; a
+      ``gs://`` one is downloaded first (``t5video.train.paths.local_copy``).
     **overrides: t5video-only model fields, e.g. ``dtype=jnp.bfloat16``,
       ``scan_layers=True``, ``remat=True``, ``lora=LoraSpec(...)``.
   """
+  from t5video.train import paths  # pylint: disable=g-import-not-at-top
+  path = paths.local_copy(path)
   hf_config = read_hf_config(path)
   state_dict = read_state_dict(path)
   family = model_family(hf_config)
@@ -145,7 +148,20 @@ def to_hf(module, params) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 
 def export_hf(module, params, out_dir: str, *, tokenizer_from: str | None = None) -> str:
-  """Writes ``config.json`` + ``model.safetensors`` (+ tokenizer files) to ``out_dir``."""
+  """Writes ``config.json`` + ``model.safetensors`` (+ tokenizer files) to ``out_dir``.
+
+  ``out_dir`` and ``tokenizer_from`` may be ``gs://`` paths: the directory is
+  written locally and then uploaded.
+  """
+  from t5video.train import paths  # pylint: disable=g-import-not-at-top
+  if paths.is_remote(out_dir):
+    import tempfile  # pylint: disable=g-import-not-at-top
+    with tempfile.TemporaryDirectory(prefix="t5video-export-") as tmp:
+      export_hf(module, params, tmp, tokenizer_from=tokenizer_from)
+      paths.copytree(tmp, out_dir)
+    return out_dir
+  if tokenizer_from:
+    tokenizer_from = paths.local_copy(tokenizer_from)
   from safetensors.numpy import save_file
   state_dict, hf_config = to_hf(module, params)
   os.makedirs(out_dir, exist_ok=True)
