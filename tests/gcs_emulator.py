@@ -58,6 +58,10 @@ def _binary() -> str:
   return path
 
 
+# Straight to localhost, whatever HTTP(S)_PROXY says.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _free_port() -> int:
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
     s.bind(("127.0.0.1", 0))
@@ -74,6 +78,7 @@ class GcsEmulator:
     self._proc: subprocess.Popen | None = None
     self._log = None
     self.bucket = ""  # gs://NAME of the fixture's bucket
+    self._proc_rc: int | None = None
 
   def start(self) -> "GcsEmulator":
     binary = _binary()
@@ -97,7 +102,7 @@ class GcsEmulator:
         self.stop()
         raise EmulatorUnavailable(f"fake-gcs-server exited with {self._proc_rc}: {log}")
       try:
-        with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=2) as resp:
+        with _OPENER.open(f"{self.url}/storage/v1/b", timeout=2) as resp:
           if resp.status == 200:
             return self
       except (urllib.error.URLError, OSError):
@@ -108,8 +113,6 @@ class GcsEmulator:
         raise EmulatorUnavailable(
             f"fake-gcs-server did not answer on {self.url} within {self.start_timeout_s:.0f} s: {log}")
       time.sleep(0.05)
-
-  _proc_rc = None
 
   def env(self) -> dict[str, str]:
     """Environment variables that send every gs:// client here, anonymously."""
@@ -122,6 +125,9 @@ class GcsEmulator:
         "NO_GCE_CHECK": "true",
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
         "GOOGLE_CLOUD_PROJECT": "t5video-test",
+        # Clients that honour proxy variables must not send localhost through a proxy.
+        "NO_PROXY": ",".join(filter(None, [os.environ.get("NO_PROXY", ""), "127.0.0.1,localhost"])),
+        "no_proxy": ",".join(filter(None, [os.environ.get("no_proxy", ""), "127.0.0.1,localhost"])),
     }
 
   def create_bucket(self, name: str) -> str:
@@ -130,7 +136,7 @@ class GcsEmulator:
         f"{self.url}/storage/v1/b?project=t5video-test", data=json.dumps({"name": name}).encode(),
         headers={"Content-Type": "application/json"}, method="POST")
     try:
-      with urllib.request.urlopen(req, timeout=10) as resp:
+      with _OPENER.open(req, timeout=10) as resp:
         resp.read()
     except urllib.error.HTTPError as e:
       if e.code != 409:  # 409: exists already
@@ -142,7 +148,7 @@ class GcsEmulator:
     names, token = [], ""
     while True:
       q = f"prefix={urllib.request.quote(prefix)}" + (f"&pageToken={token}" if token else "")
-      with urllib.request.urlopen(f"{self.url}/storage/v1/b/{bucket}/o?{q}", timeout=10) as resp:
+      with _OPENER.open(f"{self.url}/storage/v1/b/{bucket}/o?{q}", timeout=10) as resp:
         page = json.load(resp)
       names += [item["name"] for item in page.get("items", [])]
       token = page.get("nextPageToken", "")

