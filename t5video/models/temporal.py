@@ -10,6 +10,24 @@ Input everywhere is ``x [batch, frames, tokens, width]`` with a frame mask
   over frames (per spatial token) → ``[batch, frames * tokens, width]``.
 * ``resampler``: ``num_queries`` learned queries cross-attend to all
   frame tokens (with temporal position embeddings) → ``[batch, num_queries, width]``.
+* ``motion``: ``transformer`` whose input frames also carry their change from
+  the previous frame (``x_t + Dense(x_t - x_{t-1})``, ``x_{-1} = x_0``) →
+  ``[batch, frames * tokens, width]``.
+
+``frame_tokens='flatten'`` first turns each frame's ``l`` tokens into one
+token, ``Dense(concat of the l tokens)``, so the token keeps *where* things are
+(each token position has its own weights). A pooled class token trained from
+scratch does not: a linear probe finds no object position in it
+(``docs/results.md``, "What the pixels carry"), and without position no
+temporal model can tell left from right.
+
+``temporal_embedding=False`` drops the learned temporal position embeddings
+(an ablation: self-attention is then permutation-equivariant over frames, so a
+transformer followed by a mean cannot tell a clip from its reverse).
+
+:func:`frame_differences` is the pixel-level counterpart of ``motion``: it
+appends each frame's difference from the previous one as extra channels, so a
+per-frame image tower sees motion (``docs/results.md``, "What the pixels carry").
 """
 
 from __future__ import annotations
@@ -28,7 +46,7 @@ Dtype = Any
 
 @dataclasses.dataclass(frozen=True)
 class TemporalConfig:
-  kind: str = "mean"          # 'mean' | 'transformer' | 'resampler'
+  kind: str = "mean"          # 'mean' | 'transformer' | 'resampler' | 'motion'
   num_layers: int = 1
   num_heads: int = 4
   mlp_ratio: int = 4
@@ -37,6 +55,25 @@ class TemporalConfig:
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
   lora: Optional[LoraSpec] = None
+  temporal_embedding: bool = True  # learned per-frame position embeddings (not 'mean')
+  frame_tokens: str = "keep"       # 'keep' | 'flatten' (one position-keeping token a frame)
+
+
+def frame_differences(pixels: jax.Array, frame_mask: Optional[jax.Array] = None) -> jax.Array:
+  """Appends motion channels: ``[b, t, H, W, C]`` -> ``[b, t, H, W, 2C]``.
+
+  Channels ``C:`` hold ``x_t - x_{t-1}`` (zero for the first frame and for
+  padded frames), so a per-frame tower with ``num_channels=2C`` sees which way
+  things change even when its tokens are averaged over time.
+  """
+  # [b, t, H, W, C] -> previous frame, the first repeated: [b, t, H, W, C]
+  prev = jnp.concatenate([pixels[:, :1], pixels[:, :-1]], axis=1)
+  diff = pixels - prev
+  if frame_mask is not None:
+    # both frames must be real: [b, t] -> [b, t, 1, 1, 1]
+    both = frame_mask * jnp.concatenate([frame_mask[:, :1], frame_mask[:, :-1]], axis=1)
+    diff = diff * both[:, :, None, None, None].astype(diff.dtype)
+  return jnp.concatenate([pixels, diff], axis=-1)
 
 
 class Attention(nn.Module):
@@ -108,6 +145,14 @@ class TemporalModule(nn.Module):
     cfg = self.config
     b, t, l, w = x.shape
     frame_mask = frame_mask.astype(x.dtype)
+    if cfg.frame_tokens == "flatten":
+      # one token per frame that keeps where things are: [b, t, l, w] -> [b, t, l * w] -> [b, t, 1, w]
+      x = Dense(w, kernel_axes=(None, "embed"), dtype=cfg.dtype, lora=cfg.lora,
+                name="frame_flatten")(x.reshape(b, t, 1, l * w), deterministic)
+      x = nn.LayerNorm(dtype=cfg.dtype, name="frame_flatten_norm")(x)
+      l = 1
+    elif cfg.frame_tokens != "keep":
+      raise ValueError(f"temporal.frame_tokens must be 'keep' or 'flatten', got {cfg.frame_tokens!r}")
     if cfg.kind == "mean":
       # [b, t, l, w] * [b, t, 1, 1] summed over t -> [b, l, w]
       denom = jnp.maximum(frame_mask.sum(axis=1), 1.0)[:, None, None]
@@ -115,11 +160,19 @@ class TemporalModule(nn.Module):
       return pooled, jnp.ones((b, l), jnp.int32)
     if t > cfg.max_frames:
       raise ValueError(f"{t} frames exceed temporal.max_frames={cfg.max_frames}")
-    pos = self.param("temporal_embedding", nn.with_logical_partitioning(
-        nn.initializers.normal(0.02), (None, "embed")), (cfg.max_frames, w))
-    # [b, t, l, w] + [t, 1, w]
-    x = x + pos[:t, None, :].astype(x.dtype)
-    if cfg.kind == "transformer":
+    if cfg.temporal_embedding:
+      pos = self.param("temporal_embedding", nn.with_logical_partitioning(
+          nn.initializers.normal(0.02), (None, "embed")), (cfg.max_frames, w))
+      # [b, t, l, w] + [t, 1, w]
+      x = x + pos[:t, None, :].astype(x.dtype)
+    if cfg.kind == "motion":
+      # previous frame's tokens, the first repeated: [b, t, l, w]
+      prev = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
+      delta = (x - prev) * frame_mask[:, :, None, None]
+      # [b, t, l, w] -> [b, t, l, w]
+      x = x + Dense(w, kernel_axes=(None, "embed"), dtype=cfg.dtype, lora=cfg.lora,
+                    name="motion_proj")(delta, deterministic)
+    if cfg.kind in ("transformer", "motion"):
       # attend over frames for every spatial token: [b, t, l, w] -> [b * l, t, w]
       h = x.transpose(0, 2, 1, 3).reshape(b * l, t, w)
       # [b, t] -> [b * l, t]
@@ -145,4 +198,5 @@ class TemporalModule(nn.Module):
         h = Block(w, cfg.num_heads, cfg.mlp_ratio, cfg.dropout, cfg.dtype, cfg.lora,
                   name=f"layers_{i}")(h, kv, kv_mask, deterministic)
       return nn.LayerNorm(dtype=cfg.dtype, name="post_layernorm")(h), jnp.ones((b, cfg.num_queries), jnp.int32)
-    raise ValueError(f"temporal.kind must be 'mean', 'transformer' or 'resampler', got {cfg.kind!r}")
+    raise ValueError("temporal.kind must be 'mean', 'transformer', 'resampler' or 'motion', "
+                     f"got {cfg.kind!r}")
