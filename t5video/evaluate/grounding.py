@@ -106,8 +106,8 @@ def iou_cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def iou_paired(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """IoU of ``a[i]`` with ``b[i]`` -> ``[n]``; the union is the hull (R1's path), 0 when empty."""
-  a = np.asarray(a, dtype=np.float64)
-  b = np.asarray(b, dtype=np.float64)
+  a = np.asarray(a, dtype=np.float64).reshape(-1, 2)
+  b = np.asarray(b, dtype=np.float64).reshape(-1, 2)
   inter = np.maximum(0, np.minimum(a[:, 1], b[:, 1]) - np.maximum(a[:, 0], b[:, 0]))
   hull = np.maximum(a[:, 1], b[:, 1]) - np.minimum(a[:, 0], b[:, 0])
   out = np.zeros_like(inter)
