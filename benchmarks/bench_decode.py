@@ -304,6 +304,11 @@ def main():
   parser.add_argument('--workers', type=int, default=2)
   parser.add_argument('--quick', action='store_true', help='fewer rounds and contenders')
   parser.add_argument('--no-single', action='store_true', help='skip the single-process table')
+  parser.add_argument('--variants', action='store_true',
+                      help='single process: also naive PyAV and ours with one knob changed')
+  parser.add_argument('--grain-contenders', default='ours,torchcodec threads=1,torchcodec threads=0,'
+                      'decord2 threads=1,decord threads=1',
+                      help='comma-separated names run through Grain (those installed)')
   parser.add_argument('--sizes', default='short,long')
   parser.add_argument('--decord2-path', default=None,
                       help='a folder holding decord2 (pip install --target), put first on sys.path')
@@ -342,7 +347,7 @@ def main():
   else:
     contenders['torchcodec threads=1'] = functools.partial(torchcodec_clip, num_threads=1)
     contenders['torchcodec threads=0'] = functools.partial(torchcodec_clip, num_threads=0)
-    if not args.quick:
+    if args.variants:
       contenders['torchcodec exact threads=1'] = functools.partial(
           torchcodec_clip, num_threads=1, seek_mode='exact')
   dec, label, why = decord_module()
@@ -369,7 +374,7 @@ def main():
 
   if not args.no_single:
     single = dict(contenders)
-    if not args.quick:
+    if args.variants:
       single['naive PyAV'] = naive
       single['ours seek=never'] = functools.partial(ours, seek_policy='never')
       single['ours threads=NONE'] = functools.partial(ours, thread_type='NONE')
@@ -388,7 +393,8 @@ def main():
 
   print(f'\nGrain MapDataset -> mp_prefetch({args.workers} workers), clips/s, median (best) '
         f'over {args.repeats} interleaved rounds of {args.grain_clips} clips')
-  grain_fns = {k: v for k, v in contenders.items() if 'exact' not in k}
+  wanted = set(args.grain_contenders.split(','))
+  grain_fns = {k: v for k, v in contenders.items() if k in wanted}
   header = f'{"contender":<28}' + ''.join(f'{n:>22}' for n in sizes)
   print(header)
   print('-' * len(header))
