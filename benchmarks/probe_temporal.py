@@ -175,11 +175,11 @@ def build_model(mc: ModelConfig):
   # '_cat': the clip vector is the concatenation of the frame tokens (the readout keeps
   # frame order) instead of their mean
   concat = mc.design.endswith("_cat")
-  flat = "flat_" in mc.design
+  flatten_frames = "flat_" in mc.design
   tcfg = temporal_lib.TemporalConfig(kind=kind or "mean", num_layers=mc.temporal_layers,
                                      num_heads=mc.heads, mlp_ratio=2, max_frames=mc.frames,
                                      temporal_embedding=mc.design != "tf_nopos",
-                                     frame_tokens="flatten" if flat else "keep")
+                                     frame_tokens="flatten" if flatten_frames else "keep")
 
   class Classifier(nn.Module):
     @nn.compact
@@ -199,7 +199,7 @@ def build_model(mc: ModelConfig):
         last, pooled, _ = clip_lib.CLIPVisionTransformer(vision, name="tower")(flat, False, deterministic)
         # [b * t, w] -> [b, t, w]
         frame_tokens = pooled.reshape(b, t, -1)
-        if flat:
+        if flatten_frames:
           # [b * t, 1 + L, w] -> [b, t, L, w]; the temporal module flattens each frame
           tokens = last[:, 1:].reshape(b, t, last.shape[1] - 1, last.shape[2])
           frame_tokens = None
@@ -392,7 +392,7 @@ def cmd_probe(args) -> dict[str, Any]:
   import jax
   data = _load(args)
   results: dict[str, Any] = {}
-  for tower in args.towers.split(","):
+  for tower in [t for t in args.towers.split(",") if t]:
     design = "tf" if tower == "untrained" else tower
     mc = _mc(args, design)
     if tower == "untrained":
