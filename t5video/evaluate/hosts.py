@@ -8,6 +8,9 @@ the results are gathered back, in the original order, on every process:
   outputs = [predict(params, r) for r in mine]
   outputs = hosts.gather(outputs)             # every process: all outputs, in order
 
+(``per_process`` gathers lists of any length, e.g. results keyed by id when
+some examples may drop out.)
+
 With one process these are no-ops (``share`` returns the list itself). Params
 replicated over the mesh (data parallelism) are read from this process's own
 devices without any communication; params sharded across processes (FSDP or
@@ -30,25 +33,31 @@ def share(items: Sequence[T]) -> list[T]:
   return list(items[jax.process_index()::jax.process_count()])
 
 
-def gather(local: Sequence[Any]) -> list[Any]:
-  """Inverse of :func:`share`: every process gets all items in their original order.
-
-  ``local`` is this process's results for ``share(items)``, one per item, any
-  picklable objects (arrays, dicts, strings).
-  """
-  count = jax.process_count()
-  if count == 1:
-    return list(local)
+def per_process(local: Sequence[Any]) -> list[list[Any]]:
+  """Every process's list, in process order (lists may differ in length)."""
+  if jax.process_count() == 1:
+    return [list(local)]
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   blob = np.frombuffer(pickle.dumps(list(local)), np.uint8)
   sizes = multihost_utils.process_allgather(np.asarray([blob.size], np.int64))  # [processes, 1]
   padded = np.zeros((int(sizes.max()),), np.uint8)
   padded[:blob.size] = blob
   blobs = multihost_utils.process_allgather(padded)  # [processes, max_size]
-  parts = [pickle.loads(blobs[p, :int(sizes[p, 0])].tobytes()) for p in range(count)]
-  total = sum(len(p) for p in parts)
-  out: list[Any] = [None] * total
+  return [pickle.loads(blobs[p, :int(sizes[p, 0])].tobytes()) for p in range(len(sizes))]
+
+
+def gather(local: Sequence[Any]) -> list[Any]:
+  """Inverse of :func:`share`: every process gets all items in their original order.
+
+  ``local`` is this process's results for ``share(items)``, one per item, any
+  picklable objects (arrays, dicts, strings).
+  """
+  parts = per_process(local)
+  count = len(parts)
+  out: list[Any] = [None] * sum(len(p) for p in parts)
   for p, part in enumerate(parts):
+    if len(out[p::count]) != len(part):
+      raise ValueError(f"process {p} returned {len(part)} results for its share of {len(out)} items")
     out[p::count] = part
   return out
 
