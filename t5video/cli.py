@@ -61,6 +61,8 @@ def _parse_config_flags(argv: Sequence[str], command: str, *, config_required: b
     rest = fv([f"t5video {command}"] + list(argv))
   except flags.Error as e:
     raise SystemExit(f"t5video {command}: {e}")
+  except (AttributeError, KeyError) as e:  # a --config.KEY the config does not have
+    _raise_unknown_flag(argv, command, e)
   if len(rest) > 1:
     raise SystemExit(f"t5video {command}: unexpected arguments {rest[1:]}")
   if not fv.workdir:
@@ -73,60 +75,60 @@ def _parse_config_flags(argv: Sequence[str], command: str, *, config_required: b
   return config, fv
 
 
-def load_config_file(spec: str):
-  """``path/to/config.py[:arg]`` -> its ``get_config(arg)``, as ``--config`` would load it.
+def _raise_unknown_flag(argv: Sequence[str], command: str, error: Exception):
+  """One line naming the unknown ``--config.KEY`` flag and the nearest valid key."""
+  from t5video import config as config_lib
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None and "--config" in argv and argv.index("--config") + 1 < len(argv):
+    spec = argv[argv.index("--config") + 1]
+  if spec:
+    config = config_lib.load_config_file(spec)
+    for a in argv:
+      if a.startswith("--config."):
+        try:
+          config_lib.check_key(config, a[len("--config."):].split("=", 1)[0])
+        except ValueError as e:
+          raise SystemExit(f"t5video {command}: invalid config flag {a.split('=', 1)[0]}: {e}")
+  raise SystemExit(f"t5video {command}: {' '.join(str(error).split())}")
 
-  A relative path is looked up in the current directory, then in the
-  repository (next to the ``t5video`` package).
-  """
-  import importlib.util
-  path, _, arg = spec.partition(":")
-  candidates = [path] if os.path.isabs(path) else [
-      os.path.abspath(path), os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)]
-  found = next((c for c in candidates if os.path.isfile(c)), None)
-  if found is None:
-    raise FileNotFoundError(f"config file {path!r} not found (looked at {candidates})")
-  module_spec = importlib.util.spec_from_file_location(f"t5video_config_{abs(hash(found))}", found)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+
+def load_config_file(spec: str):
+  """``path.py[:arg]`` -> its ``get_config(arg)`` (:func:`t5video.config.load_config_file`)."""
+  from t5video import config as config_lib
+  return config_lib.load_config_file(spec)
 
 
 def load_run_config(workdir: str):
-  """The config a run in ``workdir`` was started with (``workdir/config.json``)."""
-  import ml_collections
-  from t5video.train import paths
-  path = paths.join(workdir, "config.json")
-  if not paths.exists(path):
-    raise SystemExit(f"{path}: not found; is {workdir!r} a t5video workdir? (or pass --config)")
-  return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
+  """The config a run in ``workdir`` trained with (:func:`t5video.config.load_run_config`)."""
+  from t5video import config as config_lib
+  try:
+    return config_lib.load_run_config(workdir)
+  except FileNotFoundError as e:
+    raise SystemExit(str(e))
 
 
 def save_run_config(config, workdir: str) -> None:
-  """Writes ``workdir/config.json`` (process 0), which ``eval``, ``caption`` and resuming read."""
-  import jax
-  from t5video.train import paths
-  if jax.process_index() != 0:
-    return
-  paths.makedirs(workdir)
-  paths.write_text(paths.join(workdir, "config.json"),
-                   config.to_json_best_effort(indent=2, sort_keys=True))
+  """Writes ``workdir/config.json`` (:func:`t5video.config.save_run_config`)."""
+  from t5video import config as config_lib
+  config_lib.save_run_config(config, workdir)
 
 
 def cmd_train(argv: Sequence[str]) -> int:
   config, fv = _parse_config_flags(argv, "train", config_required=True)
+  from t5video import config as config_lib
+  from t5video.train import stages
   from t5video.train import trainer
   try:
-    trainer.validate_config(config)
+    config_lib.validate(config)
   except ValueError as e:
     raise SystemExit(f"t5video train: invalid config: {e}")
-  save_run_config(config, fv.workdir)
   try:
-    result = trainer.train(config, fv.workdir)
+    result = stages.train(config, fv.workdir)
   except trainer.NonFiniteLossError as e:
     raise SystemExit(f"t5video train: {e}")
   if result.get("preempted"):
-    print(f"{fv.workdir}: preempted at step {result['step']}; run the same command again to resume")
+    where = f" in stage {result['stage']}" if result.get("stage") else ""
+    print(f"{fv.workdir}: preempted at step {result['step']}{where}; run the same command again to resume")
   elif result.get("loss") is None and not result.get("eval"):
     print(f"{fv.workdir} is already at step {result['step']} = train.num_steps: nothing to do "
           f"(`t5video eval --workdir {fv.workdir}` re-evaluates it)")
@@ -135,7 +137,11 @@ def cmd_train(argv: Sequence[str]) -> int:
 
 
 def restore_task(config, workdir: str):
-  """Builds the run's Task and restores the latest params of ``workdir``."""
+  """Builds the run's Task and restores the latest params of ``workdir``.
+
+  Params the checkpoint lacks (e.g. LoRA factors of a new run on a base run) keep their
+  initial values.
+  """
   import flax.linen as nn
   import jax
   from t5video.train import checkpoint as checkpoint_lib

@@ -180,7 +180,6 @@ def test_clip_stage_concepts_and_reranking(data_root, tmp_path):
   re-ranked by log-prob + weight x cos(video, caption)."""
   from t5video.data.records import fold_of
   from t5video.recipes import vificlip
-  from t5video.train import trainer
   config = _base_config(data_root, **{
       "thoughts.sources": ("concepts", "metadata"), "thoughts.top_k": 3,
       "thoughts.clip_stage.config": "configs/vificlip/synthetic.py:mean,tiny",
@@ -189,8 +188,8 @@ def test_clip_stage_concepts_and_reranking(data_root, tmp_path):
       "eval.rerank.candidates": 4, "eval.rerank.source": "sample", "eval.rerank.weight": 2.0})
   config.thoughts.clip_stage.init_vision = True
   workdir = str(tmp_path / "run")
-  cli.save_run_config(config, workdir)
-  result = trainer.train(config, workdir)
+  from t5video.train import stages as stages_lib
+  result = stages_lib.train(config, workdir)
   assert result["step"] == 8
   stages = [os.path.join(workdir, f"vificlip_fold{k}") for k in range(2)]
   # init_vision: CaptionT5's vision tower has the stage's sizes and starts from fold 0's weights.
@@ -352,3 +351,31 @@ def test_concept_vocabulary_file_or_caption_words(data_root, tmp_path):
   task.config.thoughts.concepts_file = str(tmp_path / "missing.txt")
   with pytest.raises(FileNotFoundError, match="thoughts.concepts_file"):
     task.concept_vocabulary()
+
+
+@pytest.mark.slow
+def test_caption_needs_only_the_workdir(data_root, tmp_path, capsys):
+  """A prepared run keeps its tokenizer and class list in its workdir: `t5video caption`
+  works after the dataset folder is deleted."""
+  import shutil
+  from t5video.train import stages
+  root = str(tmp_path / "dataset")
+  shutil.copytree(data_root, root)
+  config = _base_config(root, **{"train.num_steps": 4, "train.checkpoint_every": 4, "eval.max_examples": 2})
+  workdir = str(tmp_path / "run")
+  stages.train(config, workdir)
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert saved["text"]["tokenizer"] == os.path.join(workdir, "assets", "spiece.model")
+  assert saved["data"]["class_names"] and os.path.isfile(saved["text"]["tokenizer"])
+  videos = str(tmp_path / "videos")
+  os.makedirs(videos)
+  for name in sorted(os.listdir(os.path.join(root, "videos")))[:2]:
+    shutil.copy(os.path.join(root, "videos", name), videos)
+  shutil.rmtree(root)
+  capsys.readouterr()
+  files = [os.path.join(videos, v) for v in sorted(os.listdir(videos))]
+  assert cli.main(["caption", "--workdir", workdir] + files) == 0
+  out = capsys.readouterr().out
+  assert out.count("caption:") == 2 and out.count("class:") == 2
+  classes = [line.split("class:", 1)[1].strip() for line in out.splitlines() if "class:" in line]
+  assert all(c in saved["data"]["class_names"] for c in classes)

@@ -232,7 +232,7 @@ def trained(tmp_path_factory):
   task = recipe.ViFiCLIPTask(config)
   records = task.train_records()
   assert not any(r.label in NOVEL for r in records)
-  views, ok = task.decode_views(records)
+  views, ok = task.predictor.decode_views(records)
   frames = views[:, 0]  # [N, T, S, S, 3]
   labels = np.array([task.class_index[r.label] for r in records], np.int32)
   ids, mask = task.tokenizer([r.captions[0] for r in records], task.text_len)
@@ -315,7 +315,7 @@ def test_concept_scorer_from_workdir(trained, tmp_path):
   emb = scorer.embed_videos(frames)
   assert top == scorer.top_concepts(emb, concepts, k=3)
   # The restored params score like the trained ones.
-  np.testing.assert_allclose(emb, task.embed_frames(params, frames), atol=1e-5)
+  np.testing.assert_allclose(emb, task.predictor.embed_frames(params, frames), atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(scorer.embed_texts(concepts), axis=1), 1.0, atol=1e-5)
 
 
@@ -359,7 +359,8 @@ def test_k_shot_is_seeded_and_balanced():
   assert [r.label for r in picked].count("a") == 4 and [r.label for r in picked].count("d") == 1
   assert [r.video_id for r in picked] == [r.video_id for r in recipe.k_shot(records[::-1], 4, seed=3)]
   assert [r.video_id for r in picked] != [r.video_id for r in recipe.k_shot(records, 4, seed=4)]
-  assert recipe.harmonic_mean(80.0, 40.0) == pytest.approx(53.3333, rel=1e-4)
+  from t5video.evaluate import classification as cls_metrics
+  assert cls_metrics.harmonic_mean(80.0, 40.0) == pytest.approx(53.3333, rel=1e-4)
 
 
 @pytest.mark.parametrize("name,arg", [("synthetic.py", "mean"), ("synthetic.py", "spacetime,tiny"),
@@ -385,13 +386,13 @@ def test_multi_view_decoding_and_scores(trained):
     saved = (e.num_clips, e.num_crops, e.crop_square)
     e.num_clips, e.num_crops, e.crop_square = 2, 3, 40
   try:
-    views, ok = task.decode_views(records)
+    views, ok = task.predictor.decode_views(records)
     assert ok.all() and views.shape == (2, 6, 4, 32, 32, 3)
     # The three crops of one clip differ (different windows of a textured frame) ...
     assert np.any(views[0, 0] != views[0, 2])
     # ... and the two temporal views interleave frames of one uniform sampling.
     assert np.any(views[:, 0] != views[:, 3])
-    scores = task.classify(params, views, list(NOVEL), task.config.model.prompt_template)
+    scores = task.predictor.classify(params, views, list(NOVEL), task.config.model.prompt_template)
     np.testing.assert_allclose(scores.sum(axis=1), 6.0, rtol=1e-5)  # one softmax per view, summed
   finally:
     with task.config.unlocked():

@@ -26,7 +26,7 @@ import os
 
 import ml_collections
 
-from t5video.recipes import vificlip_configs as common
+from t5video.recipes.vificlip import config as common
 from t5video.recipes.captiont5 import checkpoint_dir
 
 NUM_PAIRS = 180_000  # 9k videos x 20 captions

@@ -30,7 +30,7 @@ import os
 
 import ml_collections
 
-from t5video.recipes import vificlip_configs as common
+from t5video.recipes.vificlip import config as common
 from t5video.recipes.captiont5 import checkpoint_dir
 
 NUM_CLASSES = 101

@@ -54,14 +54,18 @@ class Tokenizer:
 
 
 class SentencePieceTokenizer(Tokenizer):
-  """A SentencePiece model file (``spiece.model``)."""
+  """A SentencePiece model file (``spiece.model``; local or ``gs://``)."""
 
   def __init__(self, model_file: str):
     import sentencepiece as spm
-    if not os.path.isfile(model_file):
+    from t5video.train import paths  # pylint: disable=g-import-not-at-top
+    if paths.is_remote(model_file) and not paths.exists(model_file):
+      raise FileNotFoundError(f"{model_file}: SentencePiece model not found")
+    local = paths.local_copy(model_file)  # sentencepiece reads local files only
+    if not os.path.isfile(local):
       raise FileNotFoundError(f"{model_file}: SentencePiece model not found")
     self.model_file = model_file
-    self._sp = spm.SentencePieceProcessor(model_file=model_file)
+    self._sp = spm.SentencePieceProcessor(model_file=local)
     if (self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id()) != (PAD_ID, EOS_ID, UNK_ID):
       raise ValueError(f"{model_file}: expected T5's ids pad=0 eos=1 unk=2, got "
                        f"{self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id()}")
@@ -111,8 +115,14 @@ def train_sentencepiece(texts: Iterable[str], out_file: str, vocab_size: int = 5
   corpus end with fewer pieces than asked.
   """
   import sentencepiece as spm
+  from t5video.train import paths  # pylint: disable=g-import-not-at-top
   if not out_file.endswith(".model"):
     raise ValueError(f"out_file must end with .model, got {out_file!r}")
+  if paths.is_remote(out_file):  # trained locally, then uploaded
+    local = train_sentencepiece(texts, os.path.join(paths.local_mirror(paths.dirname(out_file)),
+                                                    paths.basename(out_file)), vocab_size)
+    paths.copy(local.model_file, out_file)
+    return SentencePieceTokenizer(out_file)
   os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
   with tempfile.TemporaryDirectory() as tmp:
     corpus = os.path.join(tmp, "corpus.txt")
@@ -137,3 +147,75 @@ def load_tokenizer(path: str) -> Tokenizer:
   if os.path.isdir(path):
     return HFTokenizer(path)
   raise FileNotFoundError(f"{path}: neither a SentencePiece .model file nor a tokenizer directory")
+
+
+# -----------------------------------------------------------------------------
+# CLIP-side text (ViFi-CLIP's text tower)
+# -----------------------------------------------------------------------------
+
+class ClipTextTokenizer:
+  """Texts -> ``(ids int32 [N, L], mask int32 [N, L])`` in the CLIP text layout.
+
+  Every row is ``[start] tokens... [end] pad...``; over-long texts are
+  truncated before the end token, which is always kept (it is pooled).
+
+  Args:
+    path: a SentencePiece ``.model`` file or an HF CLIP tokenizer directory.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    if path.endswith(".model"):
+      self._sp = SentencePieceTokenizer(path)
+      self._hf = None
+      self.pad_id, self.eos_id = PAD_ID, EOS_ID
+      self.bos_id = self._sp.vocab_size
+      self.vocab_size = self._sp.vocab_size + 1
+    else:
+      self._sp = None
+      from t5video.models import clip as clip_lib  # pylint: disable=g-import-not-at-top
+      self._hf = clip_lib.load_clip_tokenizer(path)
+      self.pad_id = int(self._hf.pad_token_id if self._hf.pad_token_id is not None else 0)
+      self.eos_id = int(self._hf.eos_token_id)
+      self.bos_id = int(self._hf.bos_token_id)
+      self.vocab_size = len(self._hf)
+
+  @property
+  def kind(self) -> str:
+    return "sentencepiece" if self._sp is not None else "hf"
+
+  def text_overrides(self) -> dict[str, int]:
+    """CLIPTextConfig fields that a from-scratch text tower needs for this tokenizer."""
+    return dict(vocab_size=self.vocab_size, pad_token_id=self.pad_id, bos_token_id=self.bos_id,
+                eos_token_id=self.eos_id)
+
+  def _pieces(self, text: str) -> list[int]:
+    if self._sp is not None:
+      return self._sp.encode(text)
+    return list(self._hf.encode(text, add_special_tokens=False))
+
+  def __call__(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    if max_len < 3:
+      raise ValueError(f"text max_len must be >= 3 (start, a token, end), got {max_len}")
+    ids = np.full((len(texts), max_len), self.pad_id, np.int32)
+    mask = np.zeros((len(texts), max_len), np.int32)
+    for i, text in enumerate(texts):
+      row = [self.bos_id] + self._pieces(text)[: max_len - 2] + [self.eos_id]
+      ids[i, :len(row)] = row
+      mask[i, :len(row)] = 1
+    return ids, mask
+
+  def __getstate__(self):  # picklable for Grain worker processes
+    return {"path": self.path}
+
+  def __setstate__(self, state):
+    self.__init__(state["path"])
+
+
+def ensure_sentencepiece(path: str, texts: Sequence[str], vocab_size: int) -> str:
+  """Trains the SentencePiece model at ``path`` from ``texts`` unless it exists."""
+  if not os.path.isfile(path):
+    if not texts:
+      raise ValueError(f"cannot train the SentencePiece model {path}: no training text")
+    train_sentencepiece(texts, path, vocab_size=vocab_size)
+  return path

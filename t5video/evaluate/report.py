@@ -166,3 +166,25 @@ def write_report(workdir: str) -> list[str]:
     if path:
       written.append(path)
   return written
+
+
+def plot_robustness(curves: dict, out: str) -> None:
+  """Metric curves under frame dropping and pixel noise (``{drop: [...], noise: [...]}``) as a PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  for ax, (name, xkey) in zip(axes, (("drop", "rate"), ("noise", "std"))):
+    xs = [row[xkey] for row in curves[name]]
+    for key in ("CIDEr", "BLEU-4", "top1", "tags_micro_f1"):
+      ys = [row.get(key) for row in curves[name]]
+      if all(y is not None for y in ys):
+        ax.plot(xs, ys, "o-", label=key)
+    ax.set_xlabel("dropped frame share" if name == "drop" else "noise std (0-255)")
+    ax.set_title(f"robustness: {name}")
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out, dpi=90)
+  plt.close(fig)
+
+

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5video.models import clip
+from t5video.models import peft
 
 # Placeholders usable in RULES, with the values each may take.
 _SLOTS = {
@@ -307,10 +308,7 @@ def _merge_lora(flat: dict[str, np.ndarray], lora_by_tower: Mapping[str, Any]) -
     spec = lora_by_tower.get(base.split("/")[0])
     if spec is None:
       raise ValueError(f"params have {p} but the module's config has no LoRA spec for it")
-    a, b = np.asarray(flat[p], np.float32), np.asarray(flat[base + "/lora_B"], np.float32)
-    kernel = out[base + "/kernel"]
-    # [in, r] x [r, out] -> [in, out]
-    out[base + "/kernel"] = (np.asarray(kernel, np.float32) + (spec.alpha / spec.rank) * (a @ b)).astype(kernel.dtype)
+    out[base + "/kernel"] = peft.merged_kernel(out[base + "/kernel"], flat[p], flat[base + "/lora_B"], spec)
   return out
 
 

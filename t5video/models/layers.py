@@ -16,6 +16,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# The compute / param dtypes configs name (``train.dtype``, ``T5Config.dtype``): the one table.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 

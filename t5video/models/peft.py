@@ -83,6 +83,17 @@ def trainable_summary(params, regex: str) -> dict[str, Any]:
           "share": trainable / total if total else 0.0}
 
 
+def merged_kernel(kernel, lora_a, lora_b, lora: LoraSpec) -> np.ndarray:
+  """``kernel + (alpha / rank) * A @ B`` in ``kernel``'s dtype (summed in float32).
+
+  The one LoRA-folding formula: :func:`merge_lora` and the HF exporters use it.
+  """
+  kernel = np.asarray(kernel)
+  a, b = np.asarray(lora_a, np.float32), np.asarray(lora_b, np.float32)
+  # [in, r] x [r, out] -> [in, out]
+  return (kernel.astype(np.float32) + (lora.alpha / lora.rank) * np.einsum("ir,ro->io", a, b)).astype(kernel.dtype)
+
+
 def merge_lora(params: Mapping[str, Any], lora: LoraSpec | None) -> dict[str, Any]:
   """Folds every ``lora_A``/``lora_B`` pair into its ``kernel``; drops the factors.
 
@@ -91,16 +102,13 @@ def merge_lora(params: Mapping[str, Any], lora: LoraSpec | None) -> dict[str, An
   """
   if lora is None:
     return jax.tree_util.tree_map(lambda x: x, dict(params))
-  scale = lora.alpha / lora.rank
 
   def merge(node):
     if not isinstance(node, Mapping):
       return node
     node = dict(node)
     if "lora_A" in node and "lora_B" in node:
-      a, b = np.asarray(node.pop("lora_A")), np.asarray(node.pop("lora_B"))
-      # [in, r] x [r, out] -> [in, out]
-      node["kernel"] = np.asarray(node["kernel"]) + scale * np.einsum("ir,ro->io", a, b)
+      node["kernel"] = merged_kernel(node["kernel"], node.pop("lora_A"), node.pop("lora_B"), lora)
     return {k: merge(v) for k, v in node.items()}
 
   return merge(params)

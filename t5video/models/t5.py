@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5video.models.layers import Dense, LoraSpec
+from t5video.models.layers import DTYPES, Dense, LoraSpec
 
 Array = jax.Array
 Dtype = Any
@@ -63,7 +63,7 @@ HF_FIELDS = (
     "dropout_rate", "layer_norm_epsilon", "feed_forward_proj", "tie_word_embeddings",
     "pad_token_id", "eos_token_id", "decoder_start_token_id",
 )
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_DTYPES = DTYPES
 
 
 def _gelu_tanh(x):

@@ -455,10 +455,16 @@ class ViFiCLIP(nn.Module):
 # Losses
 # -----------------------------------------------------------------------------
 
-def soft_cross_entropy(logits: Array, targets: Array) -> Array:
-  """Mean over rows of ``-sum(targets * log_softmax(logits))``; ``targets`` sum to 1 per row."""
+def soft_cross_entropy(logits: Array, targets: Array, weights: Optional[Array] = None) -> Array:
+  """Mean over rows of ``-sum(targets * log_softmax(logits))``; ``targets`` sum to 1 per row.
+
+  ``weights`` ``[B]`` (e.g. 0 for padding rows) make it a weighted mean.
+  """
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.mean(jnp.sum(targets * logp, axis=-1))
+  rows = -jnp.sum(targets * logp, axis=-1)
+  if weights is None:
+    return jnp.mean(rows)
+  return jnp.sum(rows * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def smooth_labels(labels: Array, num_classes: int, smoothing: float) -> Array:
@@ -468,7 +474,8 @@ def smooth_labels(labels: Array, num_classes: int, smoothing: float) -> Array:
 
 
 def class_prompt_loss(video_embeds: Array, class_embeds: Array, scale: Array, labels: Array, *,
-                      smoothing: float = 0.0, targets: Optional[Array] = None) -> tuple[Array, Array]:
+                      smoothing: float = 0.0, targets: Optional[Array] = None,
+                      weights: Optional[Array] = None) -> tuple[Array, Array]:
   """Cross-entropy of videos against class-prompt text embeddings.
 
   Args:
@@ -478,6 +485,7 @@ def class_prompt_loss(video_embeds: Array, class_embeds: Array, scale: Array, la
     labels: int ``[B]`` class indices (used when ``targets`` is None).
     smoothing: label smoothing.
     targets: soft targets ``[B, C]`` (e.g. after mixup), overriding ``labels``.
+    weights: ``[B]`` row weights (0: a padding or undecodable clip); None = all 1.
 
   Returns:
     ``(loss, logits [B, C])``.
@@ -486,18 +494,25 @@ def class_prompt_loss(video_embeds: Array, class_embeds: Array, scale: Array, la
   logits = jnp.einsum("bp,cp->bc", video_embeds, class_embeds) * scale
   if targets is None:
     targets = smooth_labels(labels, class_embeds.shape[0], smoothing)
-  return soft_cross_entropy(logits, targets), logits
+  return soft_cross_entropy(logits, targets, weights), logits
 
 
-def info_nce(video_embeds: Array, text_embeds: Array, scale: Array) -> tuple[Array, Array]:
+def info_nce(video_embeds: Array, text_embeds: Array, scale: Array,
+             weights: Optional[Array] = None) -> tuple[Array, Array]:
   """Symmetric InfoNCE on matched pairs (row i of both is a pair).
+
+  ``weights`` ``[B]``: rows and columns of weight 0 (padding, undecodable clips)
+  take no part, neither as pairs nor as negatives.
 
   Returns ``(loss, logits [B, B])`` with ``loss = (CE(video->text) + CE(text->video)) / 2``.
   """
   # [B, P] x [B, P] -> [B, B]
   logits = jnp.einsum("vp,tp->vt", video_embeds, text_embeds) * scale
+  if weights is not None:
+    pair = weights[:, None] * weights[None, :]
+    logits = jnp.where(pair > 0, logits, -1e9)
   eye = jnp.eye(logits.shape[0], dtype=jnp.float32)
-  return 0.5 * (soft_cross_entropy(logits, eye) + soft_cross_entropy(logits.T, eye)), logits
+  return 0.5 * (soft_cross_entropy(logits, eye, weights) + soft_cross_entropy(logits.T, eye, weights)), logits
 
 
 def mixup(rng: Array, pixels: Array, targets: Array, alpha: float) -> tuple[Array, Array]:

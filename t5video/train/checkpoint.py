@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from orbax.checkpoint._src.checkpoint_managers import preservation_policy as preservation_lib
+from orbax.checkpoint import checkpoint_managers as preservation_lib
 
 from t5video.train import optim as optim_lib
 from t5video.train import paths
@@ -145,15 +145,40 @@ def _find_state_dir(path: str) -> str:
   from etils import epath
   p = epath.Path(paths.normalize(path))
   if not p.is_dir():
-    raise FileNotFoundError(f"init_from.path {path!r} is not a directory")
+    raise FileNotFoundError(f"{path!r} is not a directory (a t5video workdir or checkpoint)")
   if (p / "checkpoints").is_dir():
     p = p / "checkpoints"
   steps = [int(d.name) for d in p.iterdir() if d.name.isdigit() and d.is_dir()]
   if steps:
     p = p / str(max(steps))
+  elif p.name == "checkpoints":
+    raise FileNotFoundError(f"{p}: no finished checkpoint")
   if (p / "state").is_dir():
     p = p / "state"
   return str(p)
+
+
+def restore_params(path: str, abstract_params):
+  """The params of the latest checkpoint below ``path``, as host numpy arrays.
+
+  Args:
+    path: a t5video workdir, its ``checkpoints/`` dir, one step dir, or a bare
+      Orbax PyTree directory (a saved train state's ``params`` subtree is used).
+    abstract_params: a tree of ``jax.ShapeDtypeStruct`` (e.g. ``jax.eval_shape`` of
+      the unboxed init) giving the structure and dtypes.
+  """
+  directory = _find_state_dir(path)
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(directory)
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract_params)
+  item = {"params": as_numpy} if isinstance(tree, dict) and "params" in tree else as_numpy
+  restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=item, partial_restore=True))
+  if "params" in item:
+    restored = restored["params"]
+  return jax.tree_util.tree_map(lambda x, a: np.asarray(x, a.dtype), restored, abstract_params)
 
 
 def load_params_by_regex(params, path: str, regex: str = ".*"):

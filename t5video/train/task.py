@@ -22,8 +22,8 @@ Batch = dict[str, Any]
 
 # Short names for the recipes; any 'package.module:ClassName' string works too.
 TASKS: dict[str, str] = {
-    "captiont5": "t5video.recipes.captiont5:CaptionT5Task",
-    "vificlip": "t5video.recipes.vificlip:ViFiCLIPTask",
+    "captiont5": "t5video.recipes.captiont5.task:CaptionT5Task",
+    "vificlip": "t5video.recipes.vificlip.task:ViFiCLIPTask",
 }
 
 
@@ -41,14 +41,41 @@ class Task(abc.ABC):
     # ``train_loader`` / ``evaluate`` are called (None outside a run).
     self.workdir: str | None = None
 
-  def prepare(self) -> bool:
-    """Runs what must exist before training, e.g. an earlier stage in a sub-workdir.
+  # The recipe's config module: ``base_config()`` (the locked schema), ``validate(config)``
+  # (value checks) and ``OPEN_SECTIONS`` (dotted names of free-form sections). None: no schema.
+  CONFIG_MODULE: Any = None
 
-    Called by the trainer once ``workdir`` is set, before the data loader is
-    built. Returns False when that work was preempted (the trainer then exits
-    without training; running the same command again resumes it).
+  @classmethod
+  def default_config(cls):
+    """Every key of this recipe's configs with its default (the locked schema), or None.
+
+    :func:`t5video.config.validate` rejects a key that is not here, naming the
+    nearest one; configs saved before a key existed get its default.
     """
-    return True
+    return cls.CONFIG_MODULE.base_config() if cls.CONFIG_MODULE else None
+
+  @classmethod
+  def open_sections(cls) -> tuple[str, ...]:
+    """Config sections whose keys are free-form (not checked against the schema)."""
+    return tuple(getattr(cls.CONFIG_MODULE, "OPEN_SECTIONS", ()))
+
+  @classmethod
+  def validate_config(cls, config) -> None:
+    """Value checks of the recipe's keys beyond the schema's types (raise ValueError)."""
+    if cls.CONFIG_MODULE is not None:
+      cls.CONFIG_MODULE.validate(config)
+
+  @classmethod
+  def prepare(cls, config, workdir: str):
+    """Returns the config that trains, after writing the run's assets into ``workdir`` once.
+
+    Called by :func:`t5video.train.stages.train` before ``config.json`` is
+    saved: derived values (a tokenizer trained on the data, a class list, the
+    earlier stages in ``config.stages``) are fixed here, so that the Task
+    built later from ``config.json`` reads nothing else. Default: unchanged.
+    """
+    del workdir
+    return config
 
   @abc.abstractmethod
   def init_params(self, rng: jax.Array) -> Params:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import gc
 import json
 import os
@@ -39,6 +38,8 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
+from t5video import config as config_lib
+from t5video.models import layers
 from t5video.train import checkpoint as checkpoint_lib
 from t5video.train import distributed
 from t5video.train import logging as log_lib
@@ -48,7 +49,8 @@ from t5video.train import paths
 from t5video.train import sharding as sharding_lib
 from t5video.train import task as task_lib
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Training compute dtypes (float16 has no loss scaling here).
+DTYPES = {k: layers.DTYPES[k] for k in ("float32", "bfloat16")}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -102,20 +104,6 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _type_ok(value, default) -> bool:
-  if isinstance(default, bool):
-    return isinstance(value, bool)
-  if isinstance(default, int):
-    return isinstance(value, int) and not isinstance(value, bool)
-  if isinstance(default, float):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-  if isinstance(default, str):
-    return isinstance(value, str)
-  if isinstance(default, (tuple, list)):
-    return isinstance(value, (tuple, list))
-  return True
-
-
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks the engine's part of ``config`` before anything heavy starts.
 
@@ -130,24 +118,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not isinstance(config.task, str) or not config.task:
     raise ValueError(f"config.task must name a task ({sorted(task_lib.TASKS)} or 'module:Class'), "
                      f"got {config.task!r}")
-  if not _type_ok(config.seed, 0):
+  if not config_lib.type_ok(config.seed, 0):
     raise ValueError(f"config.seed must be an int, got {config.seed!r}")
   for section in ("mesh", "sharding", "train", "optim", "init_from"):
     if section not in config:
       raise ValueError(f"config has no {section!r} section (start from trainer.default_config())")
-    given, known = config[section], defaults[section]
-    for key in given.keys():
-      if key not in known:
-        hint = difflib.get_close_matches(key, list(known.keys()), n=1)
-        raise ValueError(f"unknown config key {section}.{key}"
-                         + (f"; did you mean {section}.{hint[0]}?" if hint else
-                            f"; known: {sorted(known.keys())}"))
-    for key in known.keys():
-      if key not in given:
-        raise ValueError(f"config key {section}.{key} is missing")
-      if not _type_ok(given[key], known[key]):
-        raise ValueError(f"config key {section}.{key} must be of type {type(known[key]).__name__}, "
-                         f"got {given[key]!r} ({type(given[key]).__name__})")
+    config_lib.check_keys(config[section], defaults[section], prefix=section)
   t = config.train
   for key in ("num_steps", "batch_size", "micro_batches", "log_every", "max_to_keep", "max_nonfinite"):
     if t[key] < 1:
@@ -508,9 +484,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   logging.info(msg)
   if is_main:
     print(msg, flush=True)
-  if not engine.task.prepare():
-    logging.warning("preempted while preparing %s; run the same command again to resume", workdir)
-    return {"step": 0, "loss": None, "preempted": True, "nonfinite_total": 0, "eval": {}}
 
   # ---- data ------------------------------------------------------------------
   loader = engine.task.train_loader(

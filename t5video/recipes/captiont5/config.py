@@ -1,0 +1,215 @@
+"""CaptionT5's config schema: every key with its default, the checks, and the
+values derived from a config (which vision tower, which CLIP stage).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import ml_collections
+
+from t5video import config as config_lib
+from t5video.models import clip as clip_lib
+from t5video.models import hf
+from t5video.models import t5 as t5_lib
+from t5video.models.captiont5 import CaptionT5Config
+from t5video.models.layers import DTYPES, LoraSpec
+from t5video.models.temporal import TemporalConfig
+from t5video.config import checkpoint_dir  # noqa: F401  (configs import it from here)
+from t5video.train import paths
+
+# Sections whose keys are free-form: the sizes of the CLIP, T5 and temporal modules.
+OPEN_SECTIONS = ("model.clip", "model.t5", "model.temporal")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key of a CaptionT5 config with its default; configs/captiont5/*.py start here."""
+  from t5video.train import trainer  # pylint: disable=g-import-not-at-top
+  c = trainer.default_config()
+  c.task = "captiont5"
+  c.seed = 0
+  c.stages = ()  # earlier stages, each {name, config, workdir, overrides} (t5video.train.stages);
+                 # derived from thoughts.clip_stage when the run is prepared
+  c.data = dict(
+      layout="synthetic",           # 'synthetic' | 'generic' | 'msrvtt' | 'vatex' | 'kinetics'
+      root="data_cache/synthetic",  # the dataset folder (synthetic: rendered here if absent)
+      annotations="",               # generic layout: the JSONL/CSV file under root
+      num_videos=600,               # synthetic only
+      synthetic_seed=0,             # synthetic only
+      synthetic_backgrounds=(),     # synthetic only: () = every kind, e.g. ('plain',)
+      synthetic_max_distractors=2,  # synthetic only: other objects per clip (0 to 2)
+      train_split="train",
+      eval_split="test",
+      num_frames=8,
+      size=224,
+      resize_short=0,               # 0: = size
+      cache_frames=False,           # decode each clip once, sample later epochs from memory
+      worker_count=0,               # Grain worker processes
+      read_threads=2,
+      balance="",                   # '' | 'oversample' | 'class_balanced'
+      max_failure_ratio=0.2,
+      train_fraction=1.0,           # a seeded subset of the training clips
+      features_dir="",              # train on cached CLIP features: <dir>/<split> written by
+                                    # `t5video extract-features --split S --out <dir>/S`
+      features_layer="pooled",      # which extracted layer ('pooled', 'embeds', 'layer_12', ...)
+      class_names=(),               # the class list ('()': every label of the train/eval splits);
+                                    # written when the run is prepared
+  )
+  c.tasks = dict(caption=1.0, classify=0.0, tags=0.0)
+  c.text = dict(max_input_len=64, max_target_len=32, vocab_size=512, tokenizer="")
+  c.thoughts = dict(
+      sources=("metadata", "subtitle"),
+      dropout=0.2,
+      drop_all=0.1,
+      top_k=5,
+      metadata_fields=("objects", "background"),
+      clip_workdir="",              # a ViFi-CLIP workdir for CLIP-guided 'concepts' (and
+                                    # eval.rerank); '' = <workdir>/vificlip, trained there by
+                                    # clip_stage first when that is set
+      # A ViFi-CLIP stage trained on this run's own data before CaptionT5 (when 'concepts' or
+      # eval.rerank need a CLIP and clip_workdir is ''): a config file[:arg] (relative to the
+      # current directory or the repository) and its steps; '' = no stage.
+      # folds > 1 cross-fits it: one CLIP per fold, trained without that fold's training clips,
+      # picks that fold's concepts (a CLIP trained on a clip knows it too well); other clips get
+      # the folds' mean similarity.
+      # init_vision: CaptionT5's vision tower starts from the stage's CLIP (fold 0 when
+      # cross-fitted), its sizes taken from the stage config: the stand-in for a pretrained CLIP.
+      clip_stage=dict(config="", num_steps=2000, folds=1, init_vision=False),
+      concepts_file="",             # default: <data.root>/concepts.txt, else caption words
+      vocab_size=200,               # concepts taken from the captions when there is no file
+  )
+  c.model = dict(
+      clip=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                num_attention_heads=12, image_size=224, patch_size=16, projection_dim=512,
+                hidden_act="quick_gelu"),
+      t5=dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6,
+              feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.1),
+      temporal=dict(kind="transformer", num_layers=1, num_heads=8),
+      visual_tokens="pooled",       # 'pooled' (a token per frame) | 'patches'
+      clip_init="",                 # an HF CLIP directory or a finished ViFi-CLIP workdir (then
+                                    # `clip` sizes come from it)
+      t5_init="",                   # an HF T5 directory (sizes and tokenizer come from it)
+      remat=False,
+  )
+  c.peft = dict(method="full", lora_rank=8, lora_alpha=16.0, lora_dropout=0.0,
+                lora_targets=r"(SelfAttention|EncDecAttention)/(q|v)$", adapter_dim=64,
+                prompt_length=16, last_n=2, bridge=True)
+  c.loss = dict(label_smoothing=0.0)
+  # The engine's sections (mesh, sharding, train, optim, init_from) come from trainer.default_config();
+  # CaptionT5 changes a few of their defaults.
+  c.train.update(num_steps=10000, batch_size=64, log_every=100, checkpoint_every=1000)
+  c.optim.update(learning_rate=1e-4, warmup_steps=500, weight_decay=0.01)
+  c.eval = dict(max_examples=0, batch_size=32, beam_size=1, length_penalty=0.6, refine=False,
+                meteor="auto",                # 'auto' (if Java is present) | 'true' | 'false'
+                tail_fraction=0.3,
+                # CLIP-guided caption ranking: `candidates` captions per video (0: off) from
+                # 'beam' search or top-p 'sample'-ing, each scored by its length-normalised
+                # T5 log-probability + weight x cos(video, caption) under the video-text
+                # CLIP of thoughts.clip_workdir (default <workdir>/vificlip).
+                rerank=dict(candidates=0, source="beam", weight=1.0, top_p=0.9, temperature=1.0,
+                            seed=0))
+  return ml_collections.ConfigDict(c)
+
+
+def hf_recipe(c: ml_collections.ConfigDict, clip_name: str, t5_name: str) -> None:
+  """Points ``c.model`` at local HF snapshots named ``clip_name`` / ``t5_name``
+  under :func:`checkpoint_dir` (override with ``--config.model.clip_init=...``)."""
+  c.model.clip_init = os.path.join(checkpoint_dir(), clip_name)
+  c.model.t5_init = os.path.join(checkpoint_dir(), t5_name)
+
+
+
+def meteor_flag(value) -> bool | str:
+  """``eval.meteor``: 'auto' (when Java is present), 'true' or 'false' (strings or bools)."""
+  v = str(value).strip().lower()
+  if v not in ("auto", "true", "false", "1", "0", "yes", "no"):
+    raise ValueError(f"eval.meteor must be 'auto', 'true' or 'false', got {value!r}")
+  return "auto" if v == "auto" else v in ("true", "1", "yes")
+
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Value checks beyond the schema's types."""
+  rr = config.eval.rerank
+  if rr.source not in ("beam", "sample") or rr.candidates < 0:
+    raise ValueError(f"eval.rerank: source must be 'beam' or 'sample' and candidates >= 0, got "
+                     f"source={rr.source!r}, candidates={rr.candidates}")
+  meteor_flag(config.eval.meteor)
+
+
+def check_init_dirs(config: ml_collections.ConfigDict) -> None:
+  """``model.clip_init`` / ``model.t5_init``, when set, must be HF model directories
+  (``clip_init`` may also be a finished ViFi-CLIP workdir)."""
+  for key in ("clip_init", "t5_init"):
+    path = config.model[key]
+    if path and not os.path.isfile(os.path.join(path, "config.json")) and not (
+        key == "clip_init" and is_vificlip_workdir(path)):
+      other = " or a finished ViFi-CLIP workdir" if key == "clip_init" else ""
+      raise FileNotFoundError(
+          f"config.model.{key}={path!r} is not a Hugging Face model directory (no config.json){other}. "
+          f"Put a local snapshot there (save_pretrained / a hub download), set "
+          f"T5VIDEO_CHECKPOINTS to the folder holding it, or pass --config.model.{key}=DIR")
+
+
+def is_vificlip_workdir(path: str) -> bool:
+  """Whether ``path`` is a prepared ViFi-CLIP workdir."""
+  from t5video.recipes.vificlip import task as vificlip_task  # pylint: disable=g-import-not-at-top
+  return vificlip_task.is_workdir(path)
+
+
+def vision_source_config(config: ml_collections.ConfigDict) -> Optional[ml_collections.ConfigDict]:
+  """The ViFi-CLIP run config CaptionT5's vision tower starts from, if any.
+
+  ``model.clip_init`` naming a ViFi-CLIP workdir (its saved config), or
+  ``thoughts.clip_stage.init_vision`` (the stage's config file; the stage may
+  not have trained yet).
+  """
+  m, st = config.model, config.thoughts.clip_stage
+  if m.clip_init and is_vificlip_workdir(m.clip_init):
+    meta = paths.read_text(paths.join(m.clip_init, "vificlip", "config.json"))
+    return ml_collections.ConfigDict(json.loads(meta)["config"])
+  if st.get("init_vision") and not m.clip_init:
+    if not st.config:
+      raise ValueError("thoughts.clip_stage.init_vision needs thoughts.clip_stage.config")
+    return config_lib.load_config_file(st.config)
+  return None
+
+
+def build_model_config(config: ml_collections.ConfigDict, vocab_size: int,
+                       feature_dim: Optional[int] = None) -> CaptionT5Config:
+  """CaptionT5Config from ``config.model``/``config.peft`` (HF dirs give the sizes).
+
+  With ``feature_dim`` the model reads cached features of that width instead of pixels.
+  """
+  m, p = config.model, config.peft
+  check_init_dirs(config)
+  dtype = config.train.dtype
+  lora = (LoraSpec(rank=p.lora_rank, alpha=p.lora_alpha, dropout=p.lora_dropout,
+                   targets=p.lora_targets) if p.method == "lora" else None)
+  adapter_dim = p.adapter_dim if p.method == "adapters" else None
+  vision_source = None if feature_dim else vision_source_config(config)
+  if feature_dim:
+    vision = None  # cached features replace the vision tower
+  elif vision_source is not None:  # a ViFi-CLIP run (a workdir or this run's CLIP stage)
+    from t5video.recipes.vificlip import config as vificlip_config  # pylint: disable=g-import-not-at-top
+    vision = dataclasses.replace(vificlip_config.vision_config(vision_source), dtype=dtype, lora=lora,
+                                 remat=m.remat)
+  elif m.clip_init:
+    vision = clip_lib.CLIPVisionConfig.from_hf(hf.read_hf_config(m.clip_init), dtype=dtype,
+                                               lora=lora, remat=m.remat)
+  else:
+    vision = clip_lib.CLIPVisionConfig(**dict(m.clip), dtype=dtype, lora=lora, remat=m.remat)
+  if m.t5_init:
+    t5 = t5_lib.T5Config.from_hf(hf.read_hf_config(m.t5_init), dtype=dtype, lora=lora,
+                                 adapter_dim=adapter_dim, remat=m.remat)
+  else:
+    fields = dict(m.t5)
+    fields["vocab_size"] = -(-vocab_size // 128) * 128
+    t5 = t5_lib.T5Config(**fields, dtype=dtype, lora=lora, adapter_dim=adapter_dim, remat=m.remat)
+  temporal = TemporalConfig(**dict(m.temporal), dtype=DTYPES[dtype])
+  return CaptionT5Config(vision=vision, t5=t5, temporal=temporal, visual_tokens=m.visual_tokens,
+                         feature_dim=feature_dim,
+                         prompt_length=p.prompt_length if p.method == "prompt" else 0, lora=lora)

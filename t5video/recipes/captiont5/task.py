@@ -1,0 +1,332 @@
+"""CaptionT5's task: what the trainer needs (init, batch spec, loader, loss,
+pretrained weights), and the run's preparation (assets and earlier stages).
+
+Thought-augmented video-to-text with one T5 for captions, classes and tags. The
+data side is :mod:`.data`, prediction :mod:`.predict`, evaluation :mod:`.evaluate`.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import re
+from typing import Optional
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from t5video import config as config_lib
+from t5video.data import decode as decode_lib
+from t5video.data import pipeline
+from t5video.data import thoughts as thoughts_lib
+from t5video.data.frame_cache import FrameCache
+from t5video.data.records import fraction_subset
+from t5video.models import clip as clip_lib
+from t5video.models import hf
+from t5video.models import peft
+from t5video.models.captiont5 import CaptionT5
+from t5video.recipes.captiont5 import config as cfg
+from t5video.recipes.captiont5 import data as data_lib
+from t5video.recipes.captiont5.config import build_model_config
+from t5video.recipes.captiont5.evaluate import EvalMixin
+from t5video.recipes.captiont5.predict import PredictMixin
+from t5video.train import paths
+from t5video.train import task as task_lib
+
+ASSETS_DIR = "assets"  # <workdir>/assets/: tokenizer and concept list written when the run is prepared
+
+
+def class_names(records, data: ml_collections.ConfigDict) -> list[str]:
+  """Every label of the training and evaluation splits, sorted."""
+  splits = dict.fromkeys((data.train_split, data.eval_split))
+  return sorted({r.label for s in splits for r in records[s] if r.label})
+
+
+def merge_subtree(params: dict, key: str, loaded: dict, path: str) -> dict:
+  """``params[key] <- loaded`` leaf by leaf, checking shapes; new leaves (LoRA, adapters) kept."""
+  flat_new = dict(peft.path_strings(loaded))
+  missing = []
+
+  def walk(node, prefix):
+    if isinstance(node, dict):
+      return {k: walk(v, f"{prefix}/{k}" if prefix else k) for k, v in node.items()}
+    if prefix in flat_new:
+      value = flat_new.pop(prefix)
+      if tuple(value.shape) != tuple(node.shape):
+        raise ValueError(f"{path}: {key}/{prefix} has shape {value.shape}, the model wants {node.shape}")
+      return jnp.asarray(value, node.dtype)
+    missing.append(prefix)
+    return node
+
+  params = dict(params)
+  params[key] = walk(params[key], "")
+  extra = [k for k in flat_new if not k.startswith("visual_projection") and not k.startswith("text_")]
+  if extra:
+    logging.info("%s: %d checkpoint tensors unused by CaptionT5 (e.g. %s)", path, len(extra), extra[:3])
+  new_only = [m for m in missing if re.search(r"lora_|adapter", m) is None]
+  if new_only:
+    raise ValueError(f"{path}: the checkpoint lacks {len(new_only)} tensors the model needs, "
+                     f"e.g. {new_only[:5]}")
+  return params
+
+
+
+# =============================================================================
+# The task
+# =============================================================================
+
+class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
+  """The CaptionT5 recipe for the trainer (see the module docstring)."""
+
+  CONFIG_MODULE = cfg  # the schema: base_config(), validate(), OPEN_SECTIONS
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    # Runs saved before a key existed restore with its default (``config.json`` of old workdirs).
+    config_lib.fill_defaults(config, cfg.base_config())
+    super().__init__(config)
+    cfg.check_init_dirs(config)
+    self.root = data_lib.data_root(config.data)
+    # Read on first use: a prepared run's Task (eval, caption) needs no dataset to be built.
+    self.records = data_lib._Splits(lambda split: data_lib.read_split(config.data, self.root, split))
+    self.class_names = list(config.data.class_names) or class_names(self.records, config.data)
+    self.tokenizer = self._tokenizer()
+    self.features_shape = self._features_shape()  # (frames, [tokens,] width) or None
+    self.model_config = build_model_config(
+        config, self.tokenizer.vocab_size,
+        feature_dim=self.features_shape[-1] if self.features_shape else None)
+    self.model = CaptionT5(self.model_config)
+    if config.peft.method != "full" and not config.optim.trainable:
+      # PEFT decides what trains; the optimizer then keeps state for those alone.
+      t5c = self.model_config.t5
+      config.optim.trainable = peft.trainable_regex(
+          config.peft.method, last_n=config.peft.last_n, num_layers=t5c.num_layers,
+          num_decoder_layers=t5c.num_decoder_layers, bridge=config.peft.bridge)
+    rr = config.eval.rerank
+    if config.data.features_dir and rr.candidates > 0:
+      logging.warning("eval.rerank needs decoded frames for the video-text CLIP; training on cached "
+                      "features (data.features_dir), so re-ranking is off")
+      rr.candidates = 0
+    cfg.validate(config)
+    self.thought_cfg = thoughts_lib.ThoughtConfig(
+        sources=tuple(config.thoughts.sources), dropout=config.thoughts.dropout,
+        drop_all=config.thoughts.drop_all, top_k=config.thoughts.top_k,
+        metadata_fields=tuple(config.thoughts.metadata_fields))
+    d = config.data
+    self.spec = decode_lib.SamplingSpec(num_frames=d.num_frames, mode="segment", size=d.size,
+                                        resize_short=d.get("resize_short") or None,
+                                        crop="center", flip=False)
+    self.frame_cache = FrameCache() if d.cache_frames else None
+    self._concepts: Optional[dict[str, list[str]]] = None
+    self._clip_scorers: Optional[list] = None
+
+  @functools.cached_property
+  def train_class_counts(self) -> collections.Counter:
+    """Training clips per class (evaluation: tail classes, the class-prior baseline)."""
+    return collections.Counter(r.label for r in self.records[self.config.data.train_split] if r.label)
+
+  @functools.cached_property
+  def caption_prior(self) -> collections.Counter:
+    """Training captions by frequency (the most-frequent-caption baseline)."""
+    return collections.Counter(c for r in self.records[self.config.data.train_split] for c in r.captions)
+
+  # ---- run assets and stages ------------------------------------------------------
+  @classmethod
+  def prepare(cls, config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """Renders the data if needed and resolves the config into the one that trains.
+
+    Writes the run's assets into ``<workdir>/assets/`` once (the tokenizer, the
+    concept list) and points the config at them, fixes the class list and the
+    PEFT trainable set, and turns ``thoughts.clip_stage`` into ``config.stages``.
+    ``eval`` and ``caption`` then need only the workdir.
+    """
+    config = ml_collections.ConfigDict(config.to_dict())
+    config_lib.fill_defaults(config, cfg.base_config())
+    workdir = paths.normalize(workdir)
+    data_lib.prepare_data(config.data)
+    task = cls(config)
+    assets = paths.join(workdir, ASSETS_DIR)
+    paths.makedirs(assets)
+    with config.unlocked():
+      config.data.class_names = tuple(task.class_names)
+      src = getattr(task.tokenizer, "model_file", "")  # a SentencePiece model (an HF one stays put)
+      if src:
+        dst = paths.join(assets, "spiece.model")
+        if not paths.exists(dst):
+          paths.copy(src, dst)
+        config.text.tokenizer = dst
+      if "concepts" in config.thoughts.sources and not config.thoughts.concepts_file:
+        dst = paths.join(assets, "concepts.txt")
+        if not paths.exists(dst):
+          paths.write_text(dst, "".join(c + "\n" for c in task.concept_vocabulary()))
+        config.thoughts.concepts_file = dst
+      task.workdir = workdir
+      if not config.stages:
+        config.stages = tuple(task.clip_stages())
+    return config
+
+  def clip_stages(self) -> list[dict]:
+    """The ViFi-CLIP stage(s) this run needs first, as stage entries (``t5video.train.stages``).
+
+    ``thoughts.clip_stage.config`` pointed at this run's data (every class, no
+    rendering), one per fold when cross-fitted, each in ``<workdir>/vificlip*``.
+    """
+    tc = self.config.thoughts
+    if not (self.needs_clip() and not tc.clip_workdir and tc.clip_stage.config and self.workdir):
+      return []
+    dirs = self.clip_dirs()
+    return [{"name": os.path.basename(d), "config": tc.clip_stage.config, "workdir": os.path.basename(d),
+             "overrides": self.clip_stage_overrides(k if len(dirs) > 1 else None)}
+            for k, d in enumerate(dirs)]
+
+  def clip_stage_overrides(self, fold: Optional[int] = None) -> dict:
+    """What the CLIP stage's config file changes to train on this run's data."""
+    st, d = self.config.thoughts.clip_stage, self.config.data
+    base = config_lib.load_config_file(st.config)
+    data = {"root": self.root, "layout": "generic" if d.layout == "synthetic" else d.layout,
+            "layout_kwargs": ({"annotation_path": os.path.join(self.root, d.annotations), "video_root": self.root}
+                              if d.layout in ("synthetic", "generic") and d.annotations else {}),
+            "train_split": d.train_split, "novel_classes": (), "classes": (),
+            "train_fraction": float(d.train_fraction)}  # the same seeded subset of training clips
+    if base.data.get("synthetic"):
+      data["synthetic"] = {"num_videos": 0}  # the data is here already
+    if fold is not None:
+      data["holdout_fold"] = (fold, int(st.folds))
+    stage_dir = self.clip_dirs()[fold or 0]
+    return {"seed": self.config.seed, "data": data,
+            "eval": {"split": d.eval_split, "novel_extra_splits": (),
+                     "protocols": tuple(p for p in base.eval.protocols if p != "zero_shot")},
+            "model": {"tokenizer": os.path.join(stage_dir, "vificlip_spiece.model")},
+            "train": {"num_steps": int(st.num_steps)}}
+
+  def clip_stage_config(self, fold: Optional[int] = None) -> ml_collections.ConfigDict:
+    """``thoughts.clip_stage.config`` with :meth:`clip_stage_overrides` applied."""
+    from t5video.train import stages  # pylint: disable=g-import-not-at-top
+    return stages.stage_config({"config": self.config.thoughts.clip_stage.config,
+                                "overrides": self.clip_stage_overrides(fold)})
+
+  # ---- Task API -------------------------------------------------------------------
+  def _dummy(self, batch: int = 1):
+    t = self.config.text
+    return dict(
+        input_ids=jnp.zeros((batch, t.max_input_len), jnp.int32),
+        attention_mask=jnp.ones((batch, t.max_input_len), jnp.int32),
+        decoder_input_ids=jnp.zeros((batch, t.max_target_len), jnp.int32),
+        **self._visual_dummy(batch))
+
+  def _visual_dummy(self, batch: int) -> dict:
+    d = self.config.data
+    if self.features_shape:
+      return dict(features=jnp.zeros((batch,) + self.features_shape, jnp.float32),
+                  frame_mask=jnp.ones((batch, self.features_shape[0]), jnp.int32))
+    return dict(pixel_values=jnp.zeros((batch, d.num_frames, d.size, d.size, 3), jnp.float32),
+                frame_mask=jnp.ones((batch, d.num_frames), jnp.int32))
+
+  def visual_inputs(self, batch) -> dict:
+    """The model's visual keyword arguments from a batch: pixels or cached features."""
+    if "features" in batch:
+      return dict(features=jnp.asarray(batch["features"], jnp.float32))
+    return dict(pixel_values=clip_lib.clip_preprocess(batch["frames"]))
+
+  def init_params(self, rng):
+    return self.model.init({"params": rng, "dropout": rng}, **self._dummy())["params"]
+
+  def batch_spec(self) -> dict[str, tuple]:
+    visual = ({"features": ("act_batch", "act_frames") + (None,) * (len(self.features_shape) - 1)}
+              if self.features_shape else {"frames": ("act_batch", "act_frames", None, None, None)})
+    return {
+        **visual,
+        "frame_mask": ("act_batch", "act_frames"),
+        "input_ids": ("act_batch", "act_len"),
+        "attention_mask": ("act_batch", "act_len"),
+        "decoder_input_ids": ("act_batch", "act_len"),
+        "decoder_target": ("act_batch", "act_len"),
+        "decoder_mask": ("act_batch", "act_len"),
+        "task_id": ("act_batch",),
+        "weight": ("act_batch",),
+    }
+
+  def _text_transform(self, seed: int) -> data_lib.TextTransform:
+    vocab = []
+    if paths.exists(os.path.join(self.root, "concepts.txt")):
+      vocab = self.concept_vocabulary()
+    return data_lib.TextTransform(
+        self.tokenizer, tasks=dict(self.config.tasks), thought_cfg=self.thought_cfg,
+        max_input_len=self.config.text.max_input_len,
+        max_target_len=self.config.text.max_target_len, seed=seed,
+        concepts=self.concepts(), draft_vocab=[w for c in vocab for w in c.split()],
+        features_key=self.config.data.features_layer if self.features_shape else "")
+
+  def train_loader(self, *, seed, process_index, process_count, batch_size):
+    d = self.config.data
+    records = fraction_subset(self.records[d.train_split], d.train_fraction, seed)
+    if self.features_shape:
+      source, transform = self.feature_source(d.train_split), pipeline.PassThrough()
+      if d.train_fraction < 1.0:
+        raise ValueError("data.train_fraction < 1 is not supported with cached features")
+    else:
+      source = records
+      transform = pipeline.VideoDecodeTransform(self.spec, train=True, seed=seed,
+                                                decoder=self.frame_cache)
+    it = pipeline.make_loader(
+        source, transform=transform,
+        batch_size=batch_size, seed=seed, shuffle=True, num_epochs=None,
+        shard_index=process_index, shard_count=process_count, worker_count=d.worker_count,
+        balance=d.balance or None, extra_transforms=[self._text_transform(seed)],
+        max_failure_ratio=d.max_failure_ratio, read_threads=d.read_threads)
+    return pipeline.KeyFilterIterator(it, list(self.batch_spec()))
+
+  def loss_fn(self, params, batch, rng, *, train: bool):
+    out = self.model.apply(
+        {"params": params}, batch["input_ids"], batch["attention_mask"],
+        batch["decoder_input_ids"], batch["decoder_mask"],
+        **self.visual_inputs(batch), frame_mask=batch["frame_mask"],
+        deterministic=not train, rngs={"dropout": rng})
+    logits = out.logits  # [b, l, vocab] float32
+    ls = self.config.loss.label_smoothing
+    vocab = logits.shape[-1]
+    onehot = jax.nn.one_hot(batch["decoder_target"], vocab)
+    if ls:
+      onehot = onehot * (1 - ls) + ls / vocab
+    tok_loss = optax.softmax_cross_entropy(logits, onehot)  # [b, l]
+    mask = batch["decoder_mask"].astype(jnp.float32) * batch["weight"][:, None]
+    denom = jnp.maximum(mask.sum(), 1.0)
+    loss = (tok_loss * mask).sum() / denom
+    acc = ((logits.argmax(-1) == batch["decoder_target"]) * mask).sum() / denom
+    metrics = {"token_accuracy": acc}
+    for name, tid in data_lib.TASK_IDS.items():
+      tm = mask * (batch["task_id"] == tid)[:, None]
+      metrics[f"loss_{name}"] = (tok_loss * tm).sum() / jnp.maximum(tm.sum(), 1.0)
+    return loss, metrics
+
+  def has_pretrained(self, init_from) -> bool:
+    m = self.config.model
+    return bool(init_from.path or m.t5_init or (m.clip_init and not self.features_shape)
+                or self.vision_init_dir())
+
+  def load_pretrained(self, params, init_from):
+    """``init_from.path``: a t5video workdir/checkpoint (Orbax, by regex); HF dirs come
+    from ``model.clip_init`` / ``model.t5_init``; the vision tower of a ViFi-CLIP run from
+    :meth:`vision_init_dir`."""
+    m = self.config.model
+    params = nn.unbox(params)
+    vifi_dir = self.vision_init_dir()
+    if vifi_dir:
+      from t5video.recipes.vificlip import predict as vificlip_predict  # pylint: disable=g-import-not-at-top
+      _, vifi_params = vificlip_predict.restore(vifi_dir)
+      print(f"vision tower from the ViFi-CLIP run {vifi_dir}", flush=True)
+      params = merge_subtree(params, "clip", {"vision_model": vifi_params["vision_model"]}, vifi_dir)
+    elif m.clip_init and not self.features_shape:
+      _, clip_params = hf.load_hf(m.clip_init)
+      params = merge_subtree(params, "clip", {"vision_model": clip_params["vision_model"]}, m.clip_init)
+    if m.t5_init:
+      _, t5_params = hf.load_hf(m.t5_init)
+      params = merge_subtree(params, "t5", t5_params, m.t5_init)
+    if init_from.path:
+      params = super().load_pretrained(params, init_from)
+    return params
+
