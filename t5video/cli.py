@@ -15,6 +15,13 @@ it (``path.py:arg`` passes ``arg`` to its ``get_config``) and
 ``--config.a.b=value`` overrides one key; unknown keys and wrong types are
 errors before anything heavy starts. Run ``t5video COMMAND --help`` for a
 command's flags.
+
+Bad input (a config key, an annotation, a path, a config too big for free
+memory) ends in one line on stderr and exit code 1; ``--verbose`` (anywhere on
+the command line, or ``T5VIDEO_VERBOSE=1``) shows the traceback instead.
+Multi-host: with ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
+``JAX_PROCESS_ID`` set (or on a multi-worker TPU VM), every device command
+joins the JAX job before touching a device (docs/faults.md).
 """
 
 from __future__ import annotations
