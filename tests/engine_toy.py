@@ -163,6 +163,17 @@ class ToyTask(task_lib.Task):
             "accuracy": float(np.mean([r[1] for r in rows])), "num_examples": len(rows)}
 
 
+def read_metrics(workdir: str) -> dict[int, dict]:
+  """step -> the last training record ``metrics.jsonl`` holds for it (a resumed run re-logs steps)."""
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line)
+      if "loss" in record:
+        out[record["step"]] = record
+  return out
+
+
 def load_config(arg: str | None = None, **overrides):
   """tests/configs/engine_toy.py's config with dotted-key overrides (``train.num_steps=5``)."""
   from t5video import cli  # pylint: disable=g-import-not-at-top

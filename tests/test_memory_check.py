@@ -56,3 +56,29 @@ def test_too_big_a_config_is_one_line_from_the_cli(tmp_path):
   lines = [l for l in out.stderr.splitlines() if l.strip()]
   assert lines[-1].startswith("t5video train: DoesNotFitError: the training step needs"), lines[-5:]
   assert "Traceback" not in out.stderr
+
+
+def test_fit_checked_compiles_once_per_signature_and_stops_too_big_a_batch(monkeypatch):
+  monkeypatch.delenv("T5VIDEO_SKIP_MEMORY_CHECK", raising=False)
+  calls = []
+  real_check = memory.check_fits
+
+  def counting_check(compiled, config, *, what):
+    calls.append(what)
+    return real_check(compiled, config, what=what)
+
+  monkeypatch.setattr(memory, "check_fits", counting_check)
+  f = memory.FitChecked(jax.jit(lambda x, k: x * k, static_argnums=1), {"eval": {"batch_size": 8}},
+                        what="the evaluation decoder", static_argnums=(1,))
+  x = jnp.ones((8, 4))
+  assert float(f(x, 3).sum()) == 96.0 and float(f(x, 3).sum()) == 96.0
+  assert float(f(x, 2).sum()) == 64.0  # a new static argument: a new program
+  assert calls == ["the evaluation decoder"] * 2
+  # 1 GiB of input against 64 MiB free: one line naming the eval batch before anything runs.
+  monkeypatch.setattr(memory, "available_bytes", lambda devices=None: (64 << 20, 1))
+  big = jax.ShapeDtypeStruct((1 << 14, 1 << 14), jnp.float32)
+  with pytest.raises(memory.DoesNotFitError, match=r"the evaluation decoder needs .* lower eval.batch_size \(now 8\)"):
+    memory.check_fits(jax.jit(lambda x: x * 2).lower(big).compile(), {"eval": {"batch_size": 8}},
+                      what="the evaluation decoder")
+  with pytest.raises(memory.DoesNotFitError):
+    f(jnp.ones((1 << 12, 1 << 12)), 5)  # 64 MiB in, 64 MiB out: more than is free

@@ -31,6 +31,8 @@ import time
 import numpy as np
 import pytest
 
+import engine_toy
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "tests", "configs", "engine_toy.py")
 STEPS = 12
@@ -106,17 +108,6 @@ def _wait_for(predicate, procs, timeout: float = 240.0) -> None:
   raise AssertionError("timed out")
 
 
-def _metrics(workdir: str) -> dict[int, dict]:
-  """step -> the last training record written for it (a resumed run re-logs steps)."""
-  out = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      if "loss" in record:
-        out[record["step"]] = record
-  return out
-
-
 @pytest.fixture(scope="module")
 def one_process_reference(tmp_path_factory):
   """The same job on 1 process x 4 devices."""
@@ -124,7 +115,7 @@ def one_process_reference(tmp_path_factory):
   out = subprocess.run(_train_cmd(workdir), cwd=REPO, env=_env(4), capture_output=True, text=True,
                        timeout=240)
   assert out.returncode == 0, out.stderr[-3000:]
-  metrics = _metrics(workdir)
+  metrics = engine_toy.read_metrics(workdir)
   assert sorted(metrics) == list(range(1, STEPS + 1))
   with open(os.path.join(workdir, "final_metrics.json")) as f:
     return metrics, json.load(f)["eval"]
@@ -144,14 +135,14 @@ def test_two_processes_match_one_process_and_resume_after_both_are_killed(
     p.send_signal(signal.SIGKILL)
   for p in procs:
     p.wait(timeout=60)
-  before = _metrics(workdir)
+  before = engine_toy.read_metrics(workdir)
   assert 6 <= max(before) < STEPS, sorted(before)
 
   # Restarted, both resume from step 6; then the job runs to the end.
   procs = _start_job(workdir)
   _wait_all(procs, workdir)
   assert "resuming from step 6" in _log(workdir, 0)
-  after = _metrics(workdir)
+  after = engine_toy.read_metrics(workdir)
   assert sorted(after) == list(range(1, STEPS + 1))
   for step in range(1, STEPS + 1):
     # The same global batch in the same order as on 1 process ...

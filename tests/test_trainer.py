@@ -30,17 +30,6 @@ def _one_device():
   return sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
 
 
-def _read_metrics(workdir):
-  """step -> the last training record logged for it (a restarted run re-logs steps)."""
-  out = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      if "loss" in record:
-        out[record["step"]] = record
-  return out
-
-
 def _env():
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([os.path.join(REPO, "tests"), REPO])
@@ -254,7 +243,7 @@ def test_nonfinite_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   assert ckpt.all_steps() == [4]
   ckpt.close()
-  records = _read_metrics(workdir)
+  records = engine_toy.read_metrics(workdir)
   assert records[7]["skipped"] == 1 and records[7]["nonfinite_total"] == 3
   assert max(records) == 7  # stopped at the third non-finite step in a row
 
@@ -266,7 +255,7 @@ def test_sigkill_and_resume_reproduce_an_uninterrupted_run(tmp_path):
   config = engine_toy.load_config()
   result = trainer.train(config, ref_dir)
   assert result["step"] == 20
-  reference = _read_metrics(ref_dir)
+  reference = engine_toy.read_metrics(ref_dir)
   assert sorted(reference) == list(range(1, 21))
   for name in ("loss", "steps_per_sec", "examples_per_sec", "mfu", "learning_rate"):
     assert name in reference[20], name
@@ -282,13 +271,13 @@ def test_sigkill_and_resume_reproduce_an_uninterrupted_run(tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=60)
   assert proc.returncode == -signal.SIGKILL
-  killed_at = max(_read_metrics(run_dir))
+  killed_at = max(engine_toy.read_metrics(run_dir))
   assert 10 <= killed_at < 20, killed_at
 
   # Restarted, it resumes from step 10 with the same data iterator position.
   result = trainer.train(engine_toy.load_config(), run_dir)
   assert result["step"] == 20
-  resumed = _read_metrics(run_dir)
+  resumed = engine_toy.read_metrics(run_dir)
   for step in range(11, 21):
     assert resumed[step]["loss"] == reference[step]["loss"], step  # bitwise
     assert resumed[step]["batch_fingerprint"] == reference[step]["batch_fingerprint"], step
@@ -353,5 +342,5 @@ def test_time_waiting_for_data_is_measured_and_printed(tmp_path, capsys):
   result = trainer.train(config, str(tmp_path / "run"))
   assert 0.5 < result["data_wait_fraction"] <= 1.0, result
   assert "of the training time was spent waiting for data" in capsys.readouterr().out
-  records = _read_metrics(str(tmp_path / "run"))
+  records = engine_toy.read_metrics(str(tmp_path / "run"))
   assert all(0.0 <= records[s]["data_wait_fraction"] <= 1.0 for s in range(2, 7))

@@ -19,6 +19,7 @@ import os
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 
 GiB = float(1 << 30)
 
@@ -128,3 +129,36 @@ def check_fits(compiled, config, *, what: str = "the training step") -> Need | N
         f"{free / GiB:.1f} GiB are free: {_knobs(config)} "
         f"(T5VIDEO_SKIP_MEMORY_CHECK=1 trusts the config anyway)")
   return need
+
+
+class FitChecked:
+  """A jitted function whose program is checked against free memory before it first runs.
+
+  For each new input signature (shapes, dtypes, shardings, static arguments)
+  the function is lowered and compiled ahead of time, :func:`check_fits` is
+  asked about the compiled program, and that program serves every later call
+  with the same signature. Evaluation and ``t5video caption`` wrap their
+  jitted encoders and decoders in it, so a batch too large for the machine
+  stops with one line before anything is allocated.
+  """
+
+  def __init__(self, jitted, config, *, what: str, static_argnums: Sequence[int] = ()):
+    self.jitted, self.config, self.what = jitted, config, what
+    self.static_argnums = tuple(static_argnums)
+    self._compiled: dict = {}
+
+  def _signature(self, args) -> tuple:
+    dynamic = [a for i, a in enumerate(args) if i not in self.static_argnums]
+    leaves, treedef = jax.tree.flatten(dynamic)
+    return (treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__)),
+                            getattr(x, "sharding", None)) for x in leaves),
+            tuple(args[i] for i in self.static_argnums))
+
+  def __call__(self, *args):
+    key = self._signature(args)
+    compiled = self._compiled.get(key)
+    if compiled is None:
+      compiled = self.jitted.lower(*args).compile()
+      check_fits(compiled, self.config, what=self.what)
+      self._compiled[key] = compiled
+    return compiled(*[a for i, a in enumerate(args) if i not in self.static_argnums])

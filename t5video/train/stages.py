@@ -12,12 +12,18 @@ own sub-workdir (own checkpoints, own resume) and finally the config itself in
 ``workdir``. A stage whose sub-workdir holds ``final_metrics.json`` is done; an
 interrupted run started again resumes at the first unfinished stage. Trainers
 run one after the other, never one inside another.
+
+A stage whose ``config`` is empty is the run's own resolved config with the
+stage's overrides (e.g. the text-only control of :mod:`t5video.evaluate.controls`:
+the same recipe with every pixel constant).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import jax
+from jax.experimental import multihost_utils
 import ml_collections
 
 from t5video import config as config_lib
@@ -44,10 +50,17 @@ def merge(config: ml_collections.ConfigDict, overrides: Mapping) -> None:
         config[key] = value
 
 
-def stage_config(stage: Mapping) -> ml_collections.ConfigDict:
-  """A stage's config: its file with its overrides."""
+def stage_config(stage: Mapping, parent: ml_collections.ConfigDict | None = None
+                 ) -> ml_collections.ConfigDict:
+  """A stage's config: its file (empty: a copy of ``parent``, the run's own config) with its
+  overrides."""
   stage = _plain(stage)
-  config = config_lib.load_config_file(stage["config"])
+  if stage.get("config"):
+    config = config_lib.load_config_file(stage["config"])
+  elif parent is not None:
+    config = ml_collections.ConfigDict(_plain(parent))
+  else:
+    raise ValueError(f"stage {stage.get('name')!r} has no config file and no run config to copy")
   merge(config, stage.get("overrides") or {})
   return config
 
@@ -57,11 +70,26 @@ def is_done(workdir: str) -> bool:
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-  """The recipe's prepare step (assets, resolved config), then ``workdir/config.json``."""
+  """The recipe's prepare step (assets, resolved config), then ``workdir/config.json``.
+
+  In a multi-process job process 0 prepares first and writes the assets and
+  ``config.json``; the others prepare after a barrier, finding the assets
+  written (a data root on each host's own disk is still rendered there).
+  """
   config_lib.validate(config)
-  config = task_lib.get_task(config.task).prepare(config, workdir)
-  config_lib.save_run_config(config, workdir)
-  return config
+  task_cls = task_lib.get_task(config.task)
+  if jax.process_count() == 1:
+    config = task_cls.prepare(config, workdir)
+    config_lib.save_run_config(config, workdir)
+    return config
+  if jax.process_index() == 0:
+    prepared = task_cls.prepare(config, workdir)
+    config_lib.save_run_config(prepared, workdir)
+  multihost_utils.sync_global_devices(f"t5video prepare {workdir}")
+  if jax.process_index() != 0:
+    prepared = task_cls.prepare(config, workdir)
+  multihost_utils.sync_global_devices(f"t5video prepared {workdir}")
+  return prepared
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -78,8 +106,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     sub = paths.join(workdir, stage["workdir"])
     if is_done(sub):
       continue
-    print(f"stage {stage['name']}: {stage['config']} in {sub}", flush=True)
-    result = train(stage_config(stage), sub)
+    print(f"stage {stage['name']}: {stage['config'] or 'the run config with its overrides'} in {sub}",
+          flush=True)
+    result = train(stage_config(stage, parent=config), sub)
     if result.get("preempted") or not is_done(sub):
       return {**result, "preempted": True, "stage": stage["name"]}
   return trainer.train(config, workdir)

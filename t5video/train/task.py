@@ -24,6 +24,7 @@ Batch = dict[str, Any]
 TASKS: dict[str, str] = {
     "captiont5": "t5video.recipes.captiont5.task:CaptionT5Task",
     "vificlip": "t5video.recipes.vificlip.task:ViFiCLIPTask",
+    "r2tuning": "t5video.recipes.r2tuning.task:R2TuningTask",
 }
 
 
@@ -76,6 +77,11 @@ class Task(abc.ABC):
     """
     del workdir
     return config
+
+  def trainable(self) -> str:
+    """The regex of the params that train ('' = all); default ``optim.trainable``.
+    A recipe whose parameter-efficient method decides the set derives it here."""
+    return self.config.optim.trainable
 
   @abc.abstractmethod
   def init_params(self, rng: jax.Array) -> Params:

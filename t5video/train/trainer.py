@@ -207,7 +207,8 @@ class Engine:
       boxed = jax.eval_shape(task.init_params, rng)
       params_abstract = _strip_boxes(boxed)
       param_shardings = sharding_lib.param_shardings(boxed, mesh, rules)
-      ocfg = optim_lib.OptimConfig.from_config(config.optim)
+      ocfg = dataclasses.replace(optim_lib.OptimConfig.from_config(config.optim),
+                                 trainable=task.trainable())
       tx, labels, schedule = optim_lib.make_optimizer(params_abstract, ocfg, t.num_steps)
       opt_abstract = jax.eval_shape(tx.init, params_abstract)
       opt_shardings = sharding_lib.shardings_like_params(
