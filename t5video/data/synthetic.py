@@ -139,6 +139,8 @@ SIZE_WORDS = {
     "medium": ("medium-sized", "mid-sized"),
     "large": ("large", "big"),
 }
+# The size a caption mostly leaves unsaid (named in 30% of its noun phrases).
+UNSTATED_SIZE = "medium"
 
 BACKGROUNDS = ("plain", "gradient", "striped", "checkered", "noisy", "dotted")
 BACKGROUND_WORDS = {
@@ -564,7 +566,7 @@ def _verb(rng: np.random.Generator, ev: EventSpec) -> str:
 def _noun_phrase(rng: np.random.Generator, obj: ObjectSpec, *, definite: bool,
                  with_size: bool) -> str:
   words = []
-  if with_size and (obj.size != "medium" or rng.random() < 0.3):
+  if with_size and (obj.size != UNSTATED_SIZE or rng.random() < 0.3):
     words.append(_pick(rng, SIZE_WORDS[obj.size]))
   words.append(_pick(rng, COLOUR_WORDS[obj.colour]) if rng.random() < 0.3
                else obj.colour)
@@ -574,11 +576,25 @@ def _noun_phrase(rng: np.random.Generator, obj: ObjectSpec, *, definite: bool,
   return f"the {phrase}" if definite else f"{_article(phrase)} {phrase}"
 
 
+def _names_size(events: Sequence[EventSpec]) -> bool:
+  """Whether captions name the key object's size: a size word would be wrong for half of a
+  grows/shrinks clip."""
+  return not any(ACTIONS[e.action] == "scale" for e in events)
+
+
+def key_attributes(spec: ClipSpec) -> dict[str, Any]:
+  """What a caption of the clip is scored against (:mod:`t5video.evaluate.attributes`): the key
+  object's shape, colour (before any change) and size (None where the captions name none), and
+  its actions in order. Written to the generic layout's rows as ``attributes``."""
+  return {"shape": spec.key.shape, "colour": spec.key.colour,
+          "size": spec.key.size if _names_size(spec.events) else None,
+          "actions": [e.action for e in spec.events]}
+
+
 def _captions(rng: np.random.Generator, key: ObjectSpec, distractors: Sequence[ObjectSpec],
               events: Sequence[EventSpec], background: str) -> list[str]:
   """3-5 distinct paraphrases naming the key object, the action and (mostly) the scene."""
-  # A size word would be wrong for half of a grows/shrinks clip.
-  sized = not any(ACTIONS[e.action] == "scale" for e in events)
+  sized = _names_size(events)
   n = int(rng.integers(3, 6))
   out: list[str] = []
   for attempt in range(200):
@@ -1147,6 +1163,7 @@ def _generic_row(spec: ClipSpec) -> dict[str, Any]:
       "width": spec.width,
       "height": spec.height,
       "num_frames": spec.num_frames,
+      "attributes": key_attributes(spec),
   }
 
 
