@@ -20,6 +20,10 @@ Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10
 * ``temporal=mean|transformer|resampler``: the temporal module.
 * ``peft=lora|adapters|prompt|bitfit|last_n``: parameter-efficient tuning
   (meaningful with ``--config.init_from.path=<a trained workdir>``).
+* ``textonly``: the text-only control as well (``eval.controls``): the same recipe trained again on
+  constant pixels in <workdir>/control_text_only, its metrics in the table as ``control_text_only_*``.
+  Off by default: it is a second CaptionT5 training run (about 7 more minutes on 2 cores). The
+  other-frames control (one more evaluation pass) is always on.
 
 Hardware: a laptop CPU (2 cores): rendering, training and evaluation take
 under 15 minutes. Results and the commands that produce them: docs/results.md.
@@ -62,6 +66,7 @@ def get_config(arg=None):
   c.optim.warmup_steps = 100
   c.optim.b2 = 0.98
   c.eval.refine = True
+  c.eval.controls = ("other_frames",)  # ':textonly' adds the text-only control (a second training)
   # Stage 0: a video-text CLIP (the ViFi-CLIP recipe) trained on the same training clips into
   # <workdir>/vificlip. It stands in for a pretrained CLIP: CaptionT5's vision tower starts from
   # it (from scratch, the pixels go unused: docs/results.md), and it re-ranks the beam's candidate
@@ -95,6 +100,8 @@ def get_config(arg=None):
     c.data.train_fraction = 0.1
   if "temporal" in args:
     c.model.temporal.kind = args["temporal"]
+  if "textonly" in args:  # the same recipe on constant pixels, as a stage (t5video.evaluate.controls)
+    c.eval.controls = tuple(c.eval.controls) + ("text_only",)
   if "peft" in args:
     c.peft.method = args["peft"]
     c.optim.learning_rate = 5e-3

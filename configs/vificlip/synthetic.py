@@ -20,6 +20,10 @@ plain backgrounds without distractor objects) is rendered into ``data.root``
 on first use (about a minute); training reads decoded frames from memory
 (``data.cache_frames``), 3000 steps take a few minutes (``spacetime`` about 4x). ``synthetic.py:mean,tiny`` shrinks everything
 for smoke tests.
+
+Controls (``eval.controls``): every evaluation also scores each clip with another clip's frames
+(free: its embedding is swapped); ``,textonly`` adds the same recipe trained again on constant
+pixels (a second training run, in ``<workdir>/control_text_only``).
 """
 
 from __future__ import annotations
@@ -34,12 +38,13 @@ NOVEL_CLASSES = ("grows", "changes colour", "moves down", "disappears")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """``arg``: 'single' | 'mean' | 'spacetime', optionally ',tiny'."""
+  """``arg``: 'single' | 'mean' | 'spacetime', optionally ',tiny' and ',textonly'."""
   parts = [p for p in (arg or "mean").split(",") if p]
   temporal = parts[0] if parts else "mean"
   tiny = "tiny" in parts[1:]
-  if temporal not in ("single", "mean", "spacetime"):
-    raise ValueError(f"configs/vificlip/synthetic.py: arg must be single|mean|spacetime[,tiny], got {arg!r}")
+  if temporal not in ("single", "mean", "spacetime") or set(parts[1:]) - {"tiny", "textonly"}:
+    raise ValueError(f"configs/vificlip/synthetic.py: arg must be single|mean|spacetime[,tiny][,textonly], "
+                     f"got {arg!r}")
 
   c = common.base_config()  # every key with its default; what differs is set below
   c.seed = 0
@@ -90,6 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.split = "test"
   c.eval.novel_extra_splits = ("train", "val")
   c.eval.protocols = ("closed", "zero_shot", "retrieval")
+  c.eval.controls = ("other_frames", "text_only") if "textonly" in parts[1:] else ("other_frames",)
   if tiny:
     c.model.vision = dict(c.model.vision.to_dict(), hidden_size=32, intermediate_size=64, image_size=32, patch_size=8,
                           projection_dim=32)

@@ -497,6 +497,27 @@ class PassThrough:
     return out
 
 
+class ConstantPixels:
+  """Replaces every pixel (or feature) by a constant: the input of a text-only control.
+
+  Applied after decoding (so validity and sampling are those of the real
+  clip), in training and evaluation alike. ``values`` maps an example key to
+  its constant (mid-grey for uint8 ``frames``, 0 for cached ``features``);
+  keys an example lacks are skipped, shapes and dtypes are kept.
+  """
+
+  def __init__(self, values: Mapping[str, float]):
+    self.values = dict(values)
+
+  def __call__(self, example: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(example)
+    for key, value in self.values.items():
+      if key in out:
+        array = np.asarray(out[key])
+        out[key] = np.full(array.shape, value, array.dtype)
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Sampling plan
 # ---------------------------------------------------------------------------

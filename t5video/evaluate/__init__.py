@@ -8,6 +8,10 @@ Modules:
     breakdown, tag F1, rank classification, free-generation matching,
     multi-view aggregation, base-to-novel harmonic mean.
   retrieval: text<->video R@K, median and mean rank (CLIP4Clip's definition).
+  controls: the controls every evaluation table carries (another clip's
+    frames; the same recipe on constant pixels, as a stage).
+  attributes: per-attribute accuracy of generated captions (the key object,
+    the actions in order, each order pair) against the synthetic world's truth.
   decoding: jit-compatible greedy search, beam search and top-p sampling over a
     cached step function.
 """

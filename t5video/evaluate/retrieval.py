@@ -22,7 +22,11 @@ video ``i`` (the diagonal). With several captions per video, pass
 Ties: CLIP4Clip's ``np.where`` formulation counts a tied row several times;
 here a tie is resolved optimistically (rank = 1 + the number of strictly
 larger scores) by default, or ``ties='pessimistic'`` (1 + the number of other
-scores greater or equal). Without ties all of them agree.
+scores greater or equal), or ``ties='random'`` (1 + the number of larger
+scores + a uniform draw of how many tied ones come first, seeded: the
+expected rank of a random tie-break, so that a model whose videos all embed
+alike, such as a text-only control, scores chance rather than R@1 = 100).
+Without ties all of them agree.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def ranks_of_targets(sim: np.ndarray, targets: Sequence[int] | np.ndarray,
   Args:
     sim: ``[num_queries, num_items]`` scores, larger is better.
     targets: ``[num_queries]`` the correct column of every row.
-    ties: ``'optimistic'`` or ``'pessimistic'``.
+    ties: ``'optimistic'``, ``'pessimistic'`` or ``'random'`` (see the module docstring).
 
   Returns:
     ``[num_queries]`` int64 ranks.
@@ -56,11 +60,20 @@ def ranks_of_targets(sim: np.ndarray, targets: Sequence[int] | np.ndarray,
   if np.isnan(sim).any():
     raise ValueError("similarity matrix contains NaN")
   correct = sim[np.arange(sim.shape[0]), targets][:, None]  # [queries, 1]
+  return _ranks(sim, correct[:, 0], ties)
+
+
+def _ranks(rows: np.ndarray, own: np.ndarray, ties: str) -> np.ndarray:
+  """1-based rank of the score ``own[i]`` within ``rows[i]`` (which holds it), by ``ties``."""
+  greater = np.sum(rows > own[:, None], axis=1)
   if ties == "optimistic":
-    return 1 + np.sum(sim > correct, axis=1)
+    return 1 + greater
+  tied = np.sum(rows == own[:, None], axis=1) - 1  # the others scored exactly alike
   if ties == "pessimistic":
-    return np.sum(sim >= correct, axis=1)
-  raise ValueError(f"ties must be 'optimistic' or 'pessimistic', got {ties!r}")
+    return 1 + greater + tied
+  if ties == "random":
+    return 1 + greater + np.random.default_rng(0).integers(0, tied + 1)
+  raise ValueError(f"ties must be 'optimistic', 'pessimistic' or 'random', got {ties!r}")
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
@@ -122,12 +135,7 @@ def retrieval_metrics(sim: np.ndarray, text_to_video: Sequence[int] | np.ndarray
     video_rows = sim.T  # [videos, texts]
     best_own = np.full(num_videos, -np.inf)
     np.maximum.at(best_own, text_to_video, sim[np.arange(num_texts), text_to_video])
-    if ties == "optimistic":
-      v2t_ranks = 1 + np.sum(video_rows > best_own[:, None], axis=1)
-    elif ties == "pessimistic":
-      v2t_ranks = np.sum(video_rows >= best_own[:, None], axis=1)
-    else:
-      raise ValueError(f"ties must be 'optimistic' or 'pessimistic', got {ties!r}")
+    v2t_ranks = _ranks(video_rows, best_own, ties)
   else:
     raise ValueError(f"video_to_text_mode must be 'group_max' or 'any_caption', "
                      f"got {video_to_text_mode!r}")

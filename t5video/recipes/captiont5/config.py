@@ -19,6 +19,7 @@ from t5video.models.captiont5 import CaptionT5Config
 from t5video.models.layers import DTYPES, LoraSpec
 from t5video.models.temporal import TemporalConfig
 from t5video.config import checkpoint_dir  # noqa: F401  (configs import it from here)
+from t5video.evaluate import controls as controls_lib
 from t5video.train import paths
 
 # Sections whose keys are free-form: the sizes of the CLIP, T5 and temporal modules.
@@ -57,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
       features_layer="pooled",      # which extracted layer ('pooled', 'embeds', 'layer_12', ...)
       class_names=(),               # the class list ('()': every label of the train/eval splits);
                                     # written when the run is prepared
+      constant_pixels=False,        # every pixel (cached feature) constant, in training and
+                                    # evaluation: the text-only control (t5video.evaluate.controls)
   )
   c.tasks = dict(caption=1.0, classify=0.0, tags=0.0)
   c.text = dict(max_input_len=64, max_target_len=32, vocab_size=512, tokenizer="")
@@ -105,6 +108,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = dict(max_examples=0, batch_size=32, beam_size=1, length_penalty=0.6, refine=False,
                 meteor="auto",                # 'auto' (if Java is present) | 'true' | 'false'
                 tail_fraction=0.3,
+                # Controls in the same run (t5video.evaluate.controls): 'other_frames' (the model fed
+                # another clip's frames; one more evaluation pass), 'text_only' (the same recipe
+                # trained on constant pixels: a second training run, as a stage).
+                controls=("other_frames",),
                 # CLIP-guided caption ranking: `candidates` captions per video (0: off) from
                 # 'beam' search or top-p 'sample'-ing, each scored by its length-normalised
                 # T5 log-probability + weight x cos(video, caption) under the video-text
@@ -138,6 +145,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"eval.rerank: source must be 'beam' or 'sample' and candidates >= 0, got "
                      f"source={rr.source!r}, candidates={rr.candidates}")
   meteor_flag(config.eval.meteor)
+  controls_lib.check(config.eval.controls)
 
 
 def check_init_dirs(config: ml_collections.ConfigDict) -> None:

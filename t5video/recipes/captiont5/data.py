@@ -217,6 +217,15 @@ class DataMixin:
       return tokenizer_lib.SentencePieceTokenizer(path)
     return tokenizer_lib.train_sentencepiece(texts, path, cfg.text.vocab_size)
 
+  def frame_transforms(self) -> list:
+    """What follows decoding in every loader: constant pixels (and features) when
+    ``data.constant_pixels`` (the text-only control), else nothing."""
+    if not self.config.data.constant_pixels:
+      return []
+    from t5video.evaluate import controls  # pylint: disable=g-import-not-at-top
+    return [pipeline.ConstantPixels({"frames": controls.CONSTANT_PIXEL, "features": 0.0,
+                                     self.config.data.features_layer: 0.0})]
+
   # ---- cached features -----------------------------------------------------------
   def feature_source(self, split: str):
     """The cached features of ``split`` (a Grain source aligned with its records)."""
@@ -242,7 +251,7 @@ class DataMixin:
     """
     if self._concepts is not None:
       return self._concepts
-    self._concepts = {}
+    self._concepts, self._concept_paths = {}, {}
     tc = self.config.thoughts
     if "concepts" not in tc.sources:
       return self._concepts
@@ -255,7 +264,7 @@ class DataMixin:
         transform=pipeline.VideoDecodeTransform(spec, train=False, seed=0),
         batch_size=32, seed=0, shuffle=False, num_epochs=1, shard_index=0, shard_count=1,
         worker_count=0, drop_remainder=False, pad_to_batch=True,
-        read_threads=self.config.data.read_threads)
+        read_threads=self.config.data.read_threads, extra_transforms=self.frame_transforms())
     for batch in loader:
       frames = np.asarray(batch["frames"])
       sims = np.stack([s.scores(frames, vocab) for s in scorers])  # [folds, b, concepts]
@@ -265,20 +274,23 @@ class DataMixin:
         # The CLIP that never saw this clip (the only one when not cross-fitted).
         row = sims[fold_of(vid, len(scorers)) if len(scorers) > 1 else 0, i]
         self._concepts[vid] = [vocab[j] for j in np.argsort(-row, kind="stable")[:tc.top_k]]
+        self._concept_paths[vid] = batch["path"][i]
     logging.info("CLIP-guided concepts for %d clips from %s", len(self._concepts), self.clip_dirs())
     return self._concepts
 
   def batch_concepts(self, batch: dict) -> list[Optional[list[str]]]:
-    """Concepts per example: a training clip's precomputed ones, else scored from the batch's
-    frames by every fold's CLIP (their cosine similarities averaged)."""
+    """Concepts per example: a training clip's precomputed ones (when the batch holds that
+    clip's own video), else scored from the batch's frames by every fold's CLIP (their cosine
+    similarities averaged): a clip fed another clip's frames gets the concepts of those."""
     if "concepts" not in self.config.thoughts.sources:
       return [None] * len(batch["video_id"])
     # A user's own files (`t5video caption`) need no training clip's concepts: a restored run
     # then reads no dataset.
     user_files = all(str(v).startswith("user-file:") for v in batch["video_id"])
     known = {} if user_files and self._concepts is None else self.concepts()
-    missing = [i for i, v in enumerate(batch["video_id"]) if v not in known]
-    out = [known.get(v) for v in batch["video_id"]]
+    own = [v in known and self._concept_paths.get(v) == p for v, p in zip(batch["video_id"], batch["path"])]
+    missing = [i for i, ok in enumerate(own) if not ok]
+    out = [known[v] if ok else None for v, ok in zip(batch["video_id"], own)]
     if missing and "frames" in batch:  # evaluation clips, a user's own files (`t5video caption`)
       vocab = self.concept_vocabulary()
       scorers = self.clip_scorers(purpose="thoughts.sources has 'concepts'")

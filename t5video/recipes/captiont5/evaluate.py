@@ -5,8 +5,15 @@ thought), classes both by free generation and by rank classification (every
 class name scored by the decoder), tags by generation; CIDEr-D, BLEU-4,
 ROUGE-L (METEOR where Java is present), top-1/top-5, macro-F1, head/tail
 recall and tag F1, beside trivial baselines (the most frequent training
-caption, the class prior), sample captions, and robustness curves under
-frame dropping and pixel noise. Generic metrics and plots: :mod:`t5video.evaluate`.
+caption, the class prior) and the controls of ``eval.controls`` (the model fed
+other clips' frames; the same recipe trained on constant pixels:
+:mod:`t5video.evaluate.controls`), the per-attribute accuracy of the captions
+where the data knows the truth (:mod:`t5video.evaluate.attributes`), sample
+captions, and robustness curves under frame dropping and pixel noise.
+
+Multi-host: each process predicts its share of the clips and the rows are
+gathered before any metric is computed (:meth:`EvalMixin.run_eval`). Generic
+metrics and plots: :mod:`t5video.evaluate`.
 """
 
 from __future__ import annotations
@@ -23,8 +30,11 @@ from t5video.data import decode as decode_lib
 from t5video.data import pipeline
 from t5video.data import thoughts as thoughts_lib
 from t5video.data.records import VideoRecord
+from t5video.evaluate import attributes
 from t5video.evaluate import caption_metrics
 from t5video.evaluate import classification as cls_metrics
+from t5video.evaluate import controls as controls_lib
+from t5video.evaluate import hosts
 from t5video.evaluate import report
 from t5video.recipes.captiont5 import config as cfg
 from t5video.train import paths
@@ -54,7 +64,8 @@ class EvalMixin:
         return ex
 
       return pipeline.make_loader(
-          self.feature_source(split), transform=pipeline.PassThrough(), extra_transforms=[rename],
+          FeatureView(self.feature_source(split), records, key), transform=pipeline.PassThrough(),
+          extra_transforms=[rename, *self.frame_transforms()],
           batch_size=batch_size, seed=0, shuffle=False, num_epochs=1, shard_index=0,
           shard_count=1, worker_count=0, drop_remainder=False, pad_to_batch=True)
     return pipeline.make_loader(
@@ -62,13 +73,33 @@ class EvalMixin:
                                                          decoder=self.frame_cache),
         batch_size=batch_size, seed=0, shuffle=False, num_epochs=1, shard_index=0,
         shard_count=1, worker_count=0, drop_remainder=False, pad_to_batch=True,
-        read_threads=self.config.data.read_threads)
+        read_threads=self.config.data.read_threads, extra_transforms=self.frame_transforms())
 
   def run_eval(self, params, records: Sequence[VideoRecord], *, corrupt=None) -> tuple[dict, list]:
-    """Predictions and metrics on ``records``. ``corrupt(batch) -> (frames, frame_mask)``."""
+    """Predictions and metrics on ``records``. ``corrupt(batch) -> (frames, frame_mask)``.
+
+    Each process predicts its share of the records (:mod:`t5video.evaluate.hosts`);
+    the rows are gathered on every process, put back in the order of ``records``,
+    and the metrics computed from them alone (:meth:`metrics_from_rows`).
+    """
+    records = list(records)
+    mine = self.eval_rows(hosts.local_params(params), hosts.share(records), corrupt=corrupt)
+    order: dict[str, int] = {}
+    for i, r in enumerate(records):
+      order.setdefault(r.video_id, i)
+    rows = sorted((row for part in hosts.per_process(mine) for row in part),
+                  key=lambda row: order.get(row["video_id"], len(records)))
+    return (self.metrics_from_rows(rows),
+            [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows])
+
+  def eval_rows(self, params, records: Sequence[VideoRecord], *, corrupt=None) -> list[dict]:
+    """One row per clip of ``records`` that decoded: its predictions and what the metrics
+    need (keys starting with ``_`` are not written to the samples file)."""
     ev = self.config.eval
-    refs, cands, rows = {}, {}, []
-    labels, scores, gen_labels, tag_true, tag_pred = [], [], [], [], []
+    truth = {r.video_id: r.extra.get("attributes") for r in records}
+    rows: list[dict] = []
+    if not records:  # a process with no share (fewer clips than processes)
+      return rows
     for batch in self._eval_loader(list(records), ev.batch_size):
       if corrupt is not None:
         batch = dict(batch)
@@ -80,33 +111,49 @@ class EvalMixin:
         vid = batch["video_id"][i]
         row = {"video_id": vid, "path": batch["path"][i]}
         if "caption" in pred and batch["captions"][i]:
-          refs[vid], cands[vid] = list(batch["captions"][i]), [pred["caption"][i]]
           row.update(caption=pred["caption"][i], draft=pred["draft"][i],
                      references=list(batch["captions"][i]))
           if "candidates" in pred:
             row.update(model_caption=pred["model_caption"][i], candidates=pred["candidates"][i])
+          if truth.get(vid):
+            row["attributes_true"] = truth[vid]
         if "class_scores" in pred and batch["label"][i]:
-          labels.append(self.class_names.index(batch["label"][i]))
-          scores.append(pred["class_scores"][i])
-          gen_labels.append(pred["class_generated"][i])
           row.update(label=batch["label"][i],
                      class_ranked=self.class_names[int(np.argmax(pred["class_scores"][i]))],
-                     class_generated=pred["class_generated"][i])
+                     class_generated=pred["class_generated"][i],
+                     _class_scores=np.asarray(pred["class_scores"][i]))
         if "tags" in pred and batch["tags"][i]:
-          tag_true.append(set(batch["tags"][i]))
-          tag_pred.append(thoughts_lib.parse_tags(pred["tags"][i]))
-          row.update(tags=sorted(tag_pred[-1]), tags_true=sorted(tag_true[-1]))
+          row.update(tags=sorted(thoughts_lib.parse_tags(pred["tags"][i])),
+                     tags_true=sorted(set(batch["tags"][i])))
         rows.append(row)
+    return rows
+
+  def metrics_from_rows(self, rows: Sequence[dict]) -> dict:
+    """Caption metrics, classification and tag metrics of :meth:`eval_rows`' rows, and the
+    per-attribute accuracy of the captions where the records carry the truth (the synthetic
+    generator's ``attributes``; :mod:`t5video.evaluate.attributes`)."""
     metrics: dict[str, float] = {}
-    if refs:
-      metrics.update(caption_metrics.compute_caption_metrics(refs, cands,
-                                                             meteor=cfg.meteor_flag(ev.meteor)))
-    if labels:
-      metrics.update(self._class_metrics(np.asarray(labels), np.stack(scores), gen_labels))
-    if tag_true:
-      metrics.update({f"tags_{k}": v for k, v in cls_metrics.multilabel_f1(tag_pred, tag_true).items()})
+    captioned = [r for r in rows if "caption" in r]
+    if captioned:
+      metrics.update(caption_metrics.compute_caption_metrics(
+          {r["video_id"]: r["references"] for r in captioned},
+          {r["video_id"]: [r["caption"]] for r in captioned}, meteor=cfg.meteor_flag(self.config.eval.meteor)))
+      known = [r for r in captioned if r.get("attributes_true")]
+      if known:
+        metrics.update(attributes.attribute_accuracy(
+            [r["caption"] for r in known], [r["attributes_true"] for r in known],
+            attributes.synthetic_vocabulary()))
+    labelled = [r for r in rows if "label" in r]
+    if labelled:
+      metrics.update(self._class_metrics(
+          np.asarray([self.class_names.index(r["label"]) for r in labelled]),
+          np.stack([r["_class_scores"] for r in labelled]), [r["class_generated"] for r in labelled]))
+    tagged = [r for r in rows if "tags_true" in r]
+    if tagged:
+      metrics.update({f"tags_{k}": v for k, v in cls_metrics.multilabel_f1(
+          [set(r["tags"]) for r in tagged], [set(r["tags_true"]) for r in tagged]).items()})
     metrics["num_examples"] = float(len(rows))
-    return metrics, rows
+    return metrics
 
   def tail_classes(self) -> list[int]:
     """Indices of the tail classes: the dataset's own head/tail split when it has
@@ -135,12 +182,16 @@ class EvalMixin:
 
   def baselines(self, records: Sequence[VideoRecord]) -> dict[str, float]:
     """Trivial baselines on ``records``: the most frequent training caption for
-    every clip; the most frequent training class for every clip (class prior)."""
+    every clip (with the attributes it names, where the records carry the truth);
+    the most frequent training class for every clip (class prior)."""
     out = {}
     refs = {r.video_id: list(r.captions) for r in records if r.captions}
     if refs and self.caption_prior:
       top = self.caption_prior.most_common(1)[0][0]
       m = caption_metrics.compute_caption_metrics(refs, {k: [top] for k in refs}, meteor=False)
+      truths = [r.extra["attributes"] for r in records if r.captions and r.extra.get("attributes")]
+      if truths:
+        m.update(attributes.attribute_accuracy([top] * len(truths), truths, attributes.synthetic_vocabulary()))
       out.update({f"baseline_caption_{k}": v for k, v in m.items()})
     lab = np.asarray([self.class_names.index(r.label) for r in records if r.label])
     if lab.size and self.train_class_counts:
@@ -149,10 +200,28 @@ class EvalMixin:
                                      prefix="baseline_prior_"))
     return out
 
+  def controls(self, params, records: Sequence[VideoRecord], rows: Sequence[dict],
+               workdir: Optional[str]) -> dict[str, float]:
+    """``eval.controls`` (:mod:`t5video.evaluate.controls`): the model fed other clips' frames
+    (a derangement of the clips its own evaluation decoded, ``rows``), and the text-only
+    stage's metrics when it has run."""
+    out: dict[str, float] = {}
+    ev = self.config.eval
+    if "other_frames" in ev.controls:
+      decoded = {row["video_id"] for row in rows}
+      swapped = controls_lib.other_frames_records([r for r in records if r.video_id in decoded])
+      if swapped:
+        metrics, _ = self.run_eval(params, swapped)
+        out.update(controls_lib.prefixed("other_frames", metrics))
+    if "text_only" in ev.controls:
+      out.update(controls_lib.text_only_metrics(workdir))
+    return out
+
   def evaluate(self, params, *, step: int, workdir: str) -> dict[str, float]:
     records = self.eval_records()
     metrics, rows = self.run_eval(params, records)
     metrics.update(self.baselines(records))
+    metrics.update(self.controls(params, records, rows, workdir))
     if jax.process_index() == 0:
       paths.write_text(paths.join(workdir, f"samples_step{step}.jsonl"),
                        "".join(json.dumps(row) + "\n" for row in rows))
@@ -204,16 +273,62 @@ class EvalMixin:
 
 
 
+_TABLE_ROWS = (("CaptionT5", ""),
+               ("control: other clip's frames", "control_other_frames_"),
+               ("control: text only", "control_text_only_"),
+               ("most frequent caption", "baseline_caption_"),
+               ("class prior", "baseline_prior_"))
+_TABLE_COLUMNS = (("CIDEr", "CIDEr"), ("BLEU-4", "BLEU-4"), ("ROUGE-L", "ROUGE-L"), ("top-1", "top1"),
+                  ("macroF1", "macro_f1"), ("tail-R", "tail_mean_recall"), ("tagF1", "tags_micro_f1"))
+_ATTRIBUTE_FIRST = ("object", "shape", "colour", "size", "action")  # then the order pairs
+
+
 def format_table(m: dict[str, float], step: int, split: str) -> str:
-  """The summary table printed after each evaluation."""
-  def f(key, scale=100.0):
-    return f"{scale * m[key]:7.2f}" if key in m else "      -"
-  lines = [
-      f"evaluation at step {step} on {split} ({int(m.get('num_examples', 0))} clips)",
-      f"{'':22s} {'CIDEr':>7s} {'BLEU-4':>7s} {'ROUGE-L':>7s} {'top-1':>7s} {'macroF1':>7s} {'tail-R':>7s} {'tagF1':>7s}",
-      f"{'CaptionT5':22s} {f('CIDEr')} {f('BLEU-4')} {f('ROUGE-L')} {f('top1')} {f('macro_f1')} {f('tail_mean_recall')} {f('tags_micro_f1')}",
-      f"{'most frequent caption':22s} {f('baseline_caption_CIDEr')} {f('baseline_caption_BLEU-4')} {f('baseline_caption_ROUGE-L')}",
-      f"{'class prior':22s} {'':7s} {'':7s} {'':7s} {f('baseline_prior_top1')} {f('baseline_prior_macro_f1')} {f('baseline_prior_tail_mean_recall')}",
-      "(all numbers x100; CIDEr-D as pycocoevalcap reports it, x100)",
-  ]
+  """The summary table printed after each evaluation: the model, its controls and the
+  trivial baselines, then the attributes its captions get right (when the data has them)."""
+  def row(label, prefix, columns):
+    cells = [f"{100.0 * m[prefix + key]:{max(7, len(head))}.2f}" if prefix + key in m
+             else " " * max(7, len(head)) for head, key in columns]
+    return f"{label:28s} " + " ".join(cells)
+
+  def table(columns):
+    out = [f"{'':28s} " + " ".join(f"{head:>7s}" for head, _ in columns)]
+    out += [row(label, prefix, columns).rstrip() for label, prefix in _TABLE_ROWS
+            if not prefix or any(prefix + key in m for _, key in columns)]
+    return out
+
+  lines = [f"evaluation at step {step} on {split} ({int(m.get('num_examples', 0))} clips)"]
+  lines += table(_TABLE_COLUMNS)
+  names = [k[len("attribute_"):-len("_accuracy")] for k in m
+           if k.startswith("attribute_") and k.endswith("_accuracy")]
+  if names:
+    names = [n for n in _ATTRIBUTE_FIRST if n in names] + [n for n in names if n not in _ATTRIBUTE_FIRST]
+    lines.append("attributes the captions name correctly (the key object; actions in order; each "
+                 "order pair over the clips that hold it)")
+    lines += table([(n.replace("_", "/"), f"attribute_{n}_accuracy") for n in names])
+  lines.append("(all numbers x100; CIDEr-D as pycocoevalcap reports it, x100)")
   return "\n".join(lines)
+
+
+class FeatureView:
+  """Cached features (a :class:`t5video.data.features.FeatureSource`) of ``records``, in their
+  order; a record whose ``extra['frames_of']`` names another clip (the other-frames control)
+  takes that clip's features, frame mask and validity."""
+
+  VISUAL = ("timestamps", "frame_mask", "valid", "failure")
+
+  def __init__(self, source, records: Sequence[VideoRecord], layer: str):
+    index = {v: i for i, v in enumerate(source.video_ids)}
+    self.source, self.layer = source, layer
+    self.rows = [(index[r.video_id], index[r.extra.get("frames_of", r.video_id)]) for r in records]
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def __getitem__(self, i: int) -> dict:
+    own, donor = self.rows[int(i)]
+    item = dict(self.source[own])
+    if donor != own:
+      other = self.source[donor]
+      item.update({k: other[k] for k in (self.layer,) + self.VISUAL if k in other})
+    return item

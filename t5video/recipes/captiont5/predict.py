@@ -215,7 +215,7 @@ class PredictMixin:
         records, transform=pipeline.VideoDecodeTransform(self._eval_spec(), train=False, seed=0),
         batch_size=min(len(records), self.config.eval.batch_size), seed=0, shuffle=False,
         num_epochs=1, shard_index=0, shard_count=1, worker_count=0, drop_remainder=False,
-        pad_to_batch=True, read_threads=1)
+        pad_to_batch=True, read_threads=1, extra_transforms=self.frame_transforms())
     by_path = {}
     for batch in loader:
       pred = self.predict(params, batch)

@@ -26,6 +26,7 @@ from t5video.data import pipeline
 from t5video.data import thoughts as thoughts_lib
 from t5video.data.frame_cache import FrameCache
 from t5video.data.records import fraction_subset
+from t5video.evaluate import controls as controls_lib
 from t5video.models import clip as clip_lib
 from t5video.models import hf
 from t5video.models import peft
@@ -122,6 +123,7 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
                                         crop="center", flip=False)
     self.frame_cache = FrameCache() if d.cache_frames else None
     self._concepts: Optional[dict[str, list[str]]] = None
+    self._concept_paths: dict[str, str] = {}  # training clip -> the video its concepts come from
     self._clip_scorers: Optional[list] = None
 
   @functools.cached_property
@@ -167,7 +169,18 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
       task.workdir = workdir
       if not config.stages:
         config.stages = tuple(task.clip_stages())
+      if "text_only" in config.eval.controls and not any(
+          dict(s).get("name") == controls_lib.TEXT_ONLY_STAGE for s in config.stages):
+        config.stages = tuple(config.stages) + (task.text_only_stage(),)
     return config
+
+  def text_only_stage(self) -> dict:
+    """The text-only control as a stage (:func:`t5video.evaluate.controls.text_only_stage`):
+    this config on constant pixels, sharing this run's video-text CLIP (trained on real
+    frames; on constant frames its concepts and re-ranking scores carry nothing of the clip)."""
+    clip = self.clip_dirs()
+    return controls_lib.text_only_stage(
+        {"thoughts": {"clip_workdir": clip[0]}} if self.needs_clip() and clip else {})
 
   def clip_stages(self) -> list[dict]:
     """The ViFi-CLIP stage(s) this run needs first, as stage entries (``t5video.train.stages``).
@@ -199,7 +212,8 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     stage_dir = self.clip_dirs()[fold or 0]
     return {"seed": self.config.seed, "data": data,
             "eval": {"split": d.eval_split, "novel_extra_splits": (),
-                     "protocols": tuple(p for p in base.eval.protocols if p != "zero_shot")},
+                     "protocols": tuple(p for p in base.eval.protocols if p != "zero_shot"),
+                     "controls": tuple(c for c in base.eval.get("controls", ()) if c != "text_only")},
             "model": {"tokenizer": os.path.join(stage_dir, "vificlip_spiece.model")},
             "train": {"num_steps": int(st.num_steps)}}
 
@@ -276,7 +290,7 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
         source, transform=transform,
         batch_size=batch_size, seed=seed, shuffle=True, num_epochs=None,
         shard_index=process_index, shard_count=process_count, worker_count=d.worker_count,
-        balance=d.balance or None, extra_transforms=[self._text_transform(seed)],
+        balance=d.balance or None, extra_transforms=[*self.frame_transforms(), self._text_transform(seed)],
         max_failure_ratio=d.max_failure_ratio, read_threads=d.read_threads)
     return pipeline.KeyFilterIterator(it, list(self.batch_spec()))
 

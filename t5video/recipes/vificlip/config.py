@@ -15,6 +15,7 @@ import math
 import ml_collections
 
 from t5video.config import checkpoint_dir  # noqa: F401  (configs import it from here)
+from t5video.evaluate import controls
 
 OBJECTIVES = ("classification", "contrastive", "both")
 PROTOCOLS = ("closed", "zero_shot", "retrieval")
@@ -65,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.worker_count = 0
   c.data.read_threads = 2
   c.data.max_failure_ratio = 0.1
+  c.data.constant_pixels = False    # every pixel constant in training and evaluation: the
+                                    # text-only control (t5video.evaluate.controls)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "val"
@@ -77,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.captions_per_video = 0
   c.eval.max_videos = 0
   c.eval.chunk = 64  # videos decoded at a time (all views of a chunk are held in memory)
+  # Controls in the same run (t5video.evaluate.controls): 'other_frames' (each clip's embedding
+  # is another clip's: free), 'text_only' (the recipe trained on constant pixels, as a stage).
+  c.eval.controls = ("other_frames",)
   return c
 
 
@@ -87,6 +93,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for p in config.eval.protocols:
     if p not in PROTOCOLS:
       raise ValueError(f"eval.protocols: unknown protocol {p!r}; known: {PROTOCOLS}")
+  controls.check(config.eval.controls)
 
 
 def as_dict(x) -> dict:

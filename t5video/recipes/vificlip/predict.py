@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from t5video.data.records import VideoRecord
+from t5video.evaluate import controls
 from t5video.models import clip as clip_lib
 from t5video.models import vificlip as vifi
 from t5video.recipes.vificlip.task import TOKENIZER_DIR, ViFiCLIPTask
@@ -117,6 +118,8 @@ class Predictor:
         view = frames[k::clips][:t]  # [T, square, square, 3]
         for j, o in enumerate(offsets):
           out[n, k * crops + j] = view[:, o:o + size, o:o + size]
+    if d.get("constant_pixels"):  # the text-only control: every pixel alike, after decoding
+      out[:] = controls.CONSTANT_PIXEL
     return out, np.array([ok for _, ok in decoded], bool)
 
   def view_embeddings(self, params, views: np.ndarray) -> np.ndarray:

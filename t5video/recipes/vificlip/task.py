@@ -34,6 +34,7 @@ from t5video import config as config_lib
 from t5video.data.frame_cache import FrameCache
 from t5video.data.records import VideoRecord, fold_of, fraction_subset
 from t5video.data.tokenizer import ClipTextTokenizer, train_sentencepiece
+from t5video.evaluate import controls
 from t5video.models import clip as clip_lib
 from t5video.models import vificlip as vifi
 from t5video.recipes.vificlip import config as cfg
@@ -84,9 +85,14 @@ class ViFiCLIPTask(task_lib.Task):
 
   @classmethod
   def prepare(cls, config, workdir: str) -> ml_collections.ConfigDict:
-    """Writes the run's assets once (``<workdir>/vificlip/``: tokenizer, class lists, config)."""
+    """Writes the run's assets once (``<workdir>/vificlip/``: tokenizer, class lists, config);
+    ``eval.controls`` with ``'text_only'`` adds its stage (:mod:`t5video.evaluate.controls`)."""
     if not is_workdir(workdir):
       save_workdir_assets(cls(config), workdir)
+    if "text_only" in config.eval.controls and not any(
+        dict(s).get("name") == controls.TEXT_ONLY_STAGE for s in config.stages):
+      config = ml_collections.ConfigDict(config.to_dict())
+      config.stages = tuple(config.stages) + (controls.text_only_stage(),)
     return config
 
   @functools.cached_property
@@ -150,6 +156,13 @@ class ViFiCLIPTask(task_lib.Task):
 
   # ---- Task API --------------------------------------------------------------
 
+  def frame_transforms(self) -> list:
+    """After decoding: every pixel mid-grey when ``data.constant_pixels`` (the text-only control)."""
+    if not self.config.data.constant_pixels:
+      return []
+    from t5video.data import pipeline  # pylint: disable=g-import-not-at-top
+    return [pipeline.ConstantPixels({"frames": controls.CONSTANT_PIXEL})]
+
   def _needs(self) -> tuple[bool, bool]:
     o = self.config.model.objective
     return o in ("classification", "both"), o in ("contrastive", "both")
@@ -209,7 +222,7 @@ class ViFiCLIPTask(task_lib.Task):
         transform=pipeline.VideoDecodeTransform(self.sampling_spec(True), True, seed, decoder=self.frame_cache),
         batch_size=batch_size, seed=seed, shard_index=process_index, shard_count=process_count,
         worker_count=int(d.worker_count), read_threads=int(d.read_threads),
-        extra_transforms=(transform,), max_failure_ratio=d.max_failure_ratio)
+        extra_transforms=(*self.frame_transforms(), transform), max_failure_ratio=d.max_failure_ratio)
     return pipeline.KeyFilterIterator(it, list(self.batch_spec()))
 
   def loss_fn(self, params, batch, rng, *, train: bool):
@@ -272,7 +285,11 @@ class ViFiCLIPTask(task_lib.Task):
     if workdir and jax.process_index() == 0 and not is_workdir(workdir):
       save_workdir_assets(self, workdir)  # a run trained without the stage driver's prepare step
     import t5video.recipes.vificlip.evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-    return evaluate_lib.run_protocols(self, jax.device_get(params))
+    from t5video.evaluate import hosts  # pylint: disable=g-import-not-at-top
+    metrics = evaluate_lib.run_protocols(self, jax.device_get(hosts.local_params(params)), workdir=workdir)
+    if jax.process_index() == 0:
+      print(evaluate_lib.format_table(metrics, self.config.eval.split), flush=True)
+    return metrics
 
 
 def save_workdir_assets(task: ViFiCLIPTask, workdir: str) -> str:
