@@ -146,18 +146,23 @@ def test_train_on_cached_features(data_root, tmp_path):
   assert np.isfinite(ev["CIDEr"]) and ev["num_examples"] > 0
 
 
-def test_peft_method_sets_trainable_regex(data_root):
+def test_peft_method_sets_trainable_regex(data_root, tmp_path):
   from t5video.models import peft
   from t5video.recipes import captiont5
   config = _base_config(data_root, **{"peft.method": "lora"})
+  before = config.to_dict()
   task = captiont5.CaptionT5Task(config)
-  assert config.optim.trainable == peft.trainable_regex("lora", last_n=config.peft.last_n,
-                                                        num_layers=1, num_decoder_layers=1)
+  # Building the Task changes nothing in the config (pure construction) ...
+  assert config.to_dict() == before and config.optim.trainable == ""
+  want = peft.trainable_regex("lora", last_n=config.peft.last_n, num_layers=1, num_decoder_layers=1)
+  assert task.trainable() == want
   assert task.model_config.lora is not None and task.model_config.t5.lora is not None
+  # ... prepare writes the derived set into the config that is saved and trains.
+  prepared = captiont5.CaptionT5Task.prepare(config, str(tmp_path / "run"))
+  assert prepared.optim.trainable == want and config.optim.trainable == ""
   # An explicit optim.trainable wins over the PEFT default.
   config = _base_config(data_root, **{"peft.method": "lora", "optim.trainable": "^t5/"})
-  captiont5.CaptionT5Task(config)
-  assert config.optim.trainable == "^t5/"
+  assert captiont5.CaptionT5Task(config).trainable() == "^t5/"
 
 
 def test_bad_config_values_are_named(data_root):

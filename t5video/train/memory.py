@@ -142,9 +142,10 @@ class FitChecked:
   stops with one line before anything is allocated.
   """
 
-  def __init__(self, jitted, config, *, what: str, static_argnums: Sequence[int] = ()):
+  def __init__(self, jitted, config, *, what: str, static_argnums: int | Sequence[int] = ()):
     self.jitted, self.config, self.what = jitted, config, what
-    self.static_argnums = tuple(static_argnums)
+    self.static_argnums = ((static_argnums,) if isinstance(static_argnums, int)
+                           else tuple(static_argnums))
     self._compiled: dict = {}
 
   def _signature(self, args) -> tuple:

@@ -326,7 +326,7 @@ class DataMixin:
   def needs_clip(self) -> bool:
     """Whether this run uses a video-text CLIP (concepts, re-ranking, or its vision tower)."""
     tc = self.config.thoughts
-    return ("concepts" in tc.sources or self.config.eval.rerank.candidates > 0
+    return ("concepts" in tc.sources or self.rerank_candidates() > 0
             or bool(tc.clip_stage.get("init_vision") and not self.config.model.clip_init))
 
   def vision_init_dir(self) -> str:

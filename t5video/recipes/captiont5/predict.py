@@ -19,6 +19,7 @@ from t5video.data.records import VideoRecord
 from t5video.evaluate import decoding
 from t5video.models import t5 as t5_lib
 from t5video.models.captiont5 import CaptionT5
+from t5video.train import memory
 
 
 class PredictMixin:
@@ -88,9 +89,14 @@ class PredictMixin:
       # [b * c] -> [b, c]
       return (tok * tmask).sum(-1).reshape(b, c)
 
-    return {"encode": jax.jit(encode), "greedy": jax.jit(greedy),
-            "beam": jax.jit(beam, static_argnums=3),
-            "sample": jax.jit(sample, static_argnums=(4, 5, 6)), "rank": jax.jit(rank)}
+    # Each program is checked against free memory before it first runs (one line if it cannot fit).
+    def checked(fn, what, static_argnums=()):
+      return memory.FitChecked(jax.jit(fn, static_argnums=static_argnums), self.config,
+                               what=f"evaluation's {what}", static_argnums=static_argnums)
+
+    return {"encode": checked(encode, "encoder"), "greedy": checked(greedy, "greedy decoder"),
+            "beam": checked(beam, "beam search", 3),
+            "sample": checked(sample, "sampler", (4, 5, 6)), "rank": checked(rank, "rank classifier")}
 
   def _encoder_inputs(self, batch: dict, task: str, drafts: Optional[list[str]] = None):
     texts = []
@@ -130,7 +136,7 @@ class PredictMixin:
       if "draft" in self.thought_cfg.sources and ev.refine:
         hidden, mask = enc("caption", drafts=caps)
         caps = generate(hidden, mask)
-      if ev.rerank.candidates > 0:
+      if self.rerank_candidates() > 0:
         out["model_caption"] = caps
         out["candidates"] = self.ranked_candidates(batch, self.caption_candidates(params, hidden, mask))
         caps = [c[0]["caption"] if c else "" for c in out["candidates"]]

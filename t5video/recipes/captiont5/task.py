@@ -101,17 +101,6 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
         config, self.tokenizer.vocab_size,
         feature_dim=self.features_shape[-1] if self.features_shape else None)
     self.model = CaptionT5(self.model_config)
-    if config.peft.method != "full" and not config.optim.trainable:
-      # PEFT decides what trains; the optimizer then keeps state for those alone.
-      t5c = self.model_config.t5
-      config.optim.trainable = peft.trainable_regex(
-          config.peft.method, last_n=config.peft.last_n, num_layers=t5c.num_layers,
-          num_decoder_layers=t5c.num_decoder_layers, bridge=config.peft.bridge)
-    rr = config.eval.rerank
-    if config.data.features_dir and rr.candidates > 0:
-      logging.warning("eval.rerank needs decoded frames for the video-text CLIP; training on cached "
-                      "features (data.features_dir), so re-ranking is off")
-      rr.candidates = 0
     cfg.validate(config)
     self.thought_cfg = thoughts_lib.ThoughtConfig(
         sources=tuple(config.thoughts.sources), dropout=config.thoughts.dropout,
@@ -136,6 +125,20 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     """Training captions by frequency (the most-frequent-caption baseline)."""
     return collections.Counter(c for r in self.records[self.config.data.train_split] for c in r.captions)
 
+  def trainable(self) -> str:
+    """The regex of the params that train: ``optim.trainable``, or when it is empty
+    and ``peft.method`` is not ``'full'``, the PEFT method's own set (the
+    optimizer then keeps state for those alone)."""
+    if self.config.peft.method == "full" or self.config.optim.trainable:
+      return self.config.optim.trainable
+    t5c, p = self.model_config.t5, self.config.peft
+    return peft.trainable_regex(p.method, last_n=p.last_n, num_layers=t5c.num_layers,
+                                num_decoder_layers=t5c.num_decoder_layers, bridge=p.bridge)
+
+  def rerank_candidates(self) -> int:
+    """``eval.rerank.candidates``, or 0 on cached features (re-ranking needs decoded frames)."""
+    return 0 if self.config.data.features_dir else int(self.config.eval.rerank.candidates)
+
   # ---- run assets and stages ------------------------------------------------------
   @classmethod
   def prepare(cls, config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
@@ -155,6 +158,11 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     paths.makedirs(assets)
     with config.unlocked():
       config.data.class_names = tuple(task.class_names)
+      config.optim.trainable = task.trainable()
+      if task.rerank_candidates() != config.eval.rerank.candidates:
+        logging.warning("eval.rerank needs decoded frames for the video-text CLIP; training on cached "
+                        "features (data.features_dir), so re-ranking is off")
+        config.eval.rerank.candidates = 0
       src = getattr(task.tokenizer, "model_file", "")  # a SentencePiece model (an HF one stays put)
       if src:
         dst = paths.join(assets, "spiece.model")

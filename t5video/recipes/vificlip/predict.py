@@ -23,6 +23,7 @@ from t5video.models import clip as clip_lib
 from t5video.models import vificlip as vifi
 from t5video.recipes.vificlip.task import TOKENIZER_DIR, ViFiCLIPTask
 from t5video.train import checkpoint as checkpoint_lib
+from t5video.train import memory
 from t5video.train import paths
 
 
@@ -45,13 +46,13 @@ class Predictor:
       video, _ = self.model.apply({"params": params}, clip_lib.clip_preprocess(frames), frame_mask,
                                   method=vifi.ViFiCLIP.encode_video)
       return vifi.l2_normalize(video)
-    return jax.jit(f)
+    return memory.FitChecked(jax.jit(f), self.config, what="evaluation's video encoder")
 
   @functools.cached_property
   def _encode_text_fn(self):
     def f(params, ids, mask):
       return vifi.l2_normalize(self.model.apply({"params": params}, ids, mask, method=vifi.ViFiCLIP.encode_text))
-    return jax.jit(f)
+    return memory.FitChecked(jax.jit(f), self.config, what="evaluation's text encoder")
 
   @functools.cached_property
   def _scale_fn(self):
