@@ -39,7 +39,9 @@ case "$cmd" in
   test)
     setup
     set +e
-    "$venv/bin/python" -m pytest -q -ra "$@"
+    # Two workers (this machine's cores); each test file stays on one worker, so its
+    # module-scoped fixtures (rendered data, trained toy runs) are built once.
+    "$venv/bin/python" -m pytest -q -ra -n "${T5VIDEO_TEST_WORKERS:-2}" --dist loadfile "$@"
     rc=$?
     set -e
     # pytest exits 5 when it collected no test: that is a failure of the suite here.

@@ -1,4 +1,9 @@
-"""Test-session setup: 8 fake CPU devices for sharding tests, absl flags parsed."""
+"""Test-session setup: 8 fake CPU devices for sharding tests, absl flags parsed.
+
+Tests marked ``long`` (minutes each, claims already covered at a smaller scale
+by a default test) run only with ``T5VIDEO_LONG_TESTS=1``, so that the default
+suite (``bash launch/local.sh test``, what CI runs) stays within its budget.
+"""
 
 import os
 
@@ -25,3 +30,13 @@ def gcs_emulator():
   """A local GCS emulator with bucket ``gs://t5video-test``; this process's clients point at it."""
   import gcs_emulator as emulator  # pylint: disable=g-import-not-at-top
   yield from emulator.session_fixture()
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  if os.environ.get("T5VIDEO_LONG_TESTS", "") not in ("", "0"):
+    return
+  skip = pytest.mark.skip(reason="a long test: T5VIDEO_LONG_TESTS=1 runs it")
+  for item in items:
+    if "long" in item.keywords:
+      item.add_marker(skip)

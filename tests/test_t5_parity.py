@@ -442,6 +442,7 @@ def test_untrained_lora_and_adapter_leave_outputs_unchanged(hf_models):
     convert_t5.t5_to_hf(peft, flax.traverse_util.unflatten_dict(flat))
 
 
+@pytest.mark.long  # remat parity is also checked by test_clip_parity::test_remat_gives_same_outputs_and_grads
 def test_remat_and_dropout_gradients():
   """remat gives the same gradients; dropout is active only when not deterministic."""
   cfg = t5.T5Config.variant("tiny", dropout_rate=0.3)

@@ -76,6 +76,7 @@ def test_mean_pooling_equals_clip_per_frame():
   np.testing.assert_allclose(masked[0], np.mean(np.asarray(frames)[0, :2], axis=0), atol=1e-5)
 
 
+@pytest.mark.long  # order sensitivity of space-time is also checked in test_temporal.py
 def test_temporal_modes_differ():
   model_mean, params = _init("mean")
   model_single, _ = _init("single")
@@ -147,8 +148,8 @@ def test_prompts_change_outputs_and_only_prompts_train():
   plain_params["vision_model"] = {k: v for k, v in params["vision_model"].items() if k != "prompts"}
   plain_params["text_model"] = {k: v for k, v in params["text_model"].items() if k != "prompts"}
   px, mask = _pixels(4), (IDS != 1).astype(np.int32)
-  with_p = model.apply({"params": params}, px, IDS, mask)
-  without = plain_model.apply({"params": plain_params}, px, IDS, mask)
+  with_p = jax.jit(model.apply)({"params": params}, px, IDS, mask)
+  without = jax.jit(plain_model.apply)({"params": plain_params}, px, IDS, mask)
   assert np.max(np.abs(np.asarray(with_p.video_embeds - without.video_embeds))) > 1e-3
   assert np.max(np.abs(np.asarray(with_p.text_embeds - without.text_embeds))) > 1e-3
 
@@ -272,6 +273,7 @@ def test_training_beats_chance_on_held_out_classes(trained):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 1200 steps on 600 clips, about 5 minutes on 2 cores
 def test_rendered_actions_held_out_classes_beat_chance(tmp_path):
   """The synthetic recipe through the real trainer, smaller: 600 rendered clips, 1200 steps.
 
