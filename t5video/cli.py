@@ -5,6 +5,7 @@
   t5video caption --workdir DIR VIDEO [VIDEO ...]
   t5video zero-shot --workdir DIR --classes "a,b,c" VIDEO [VIDEO ...]
   t5video data synthetic --out DIR --num-videos N --seed S
+  t5video standins --out DIR [--config configs/standins/default.py] [--config.KEY=VALUE ...]
   t5video extract-features ...   (see `t5video extract-features --help`)
   t5video convert --hf-dir DIR --out DIR
   t5video export-hf --ckpt DIR --out DIR [--tokenizer-from DIR]
@@ -33,7 +34,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-COMMANDS = ("train", "eval", "caption", "zero-shot", "data", "extract-features", "convert",
+COMMANDS = ("train", "eval", "caption", "zero-shot", "data", "standins", "extract-features", "convert",
             "export-hf", "report")
 
 
@@ -237,6 +238,12 @@ def cmd_data(argv: Sequence[str]) -> int:
   return int(synthetic.main(list(argv[1:])) or 0)
 
 
+def cmd_standins(argv: Sequence[str]) -> int:
+  """Pretrained CLIP and T5 stand-ins as HF directories (:mod:`t5video.recipes.standins`)."""
+  from t5video.recipes import standins
+  return int(standins.main(list(argv)) or 0)
+
+
 def cmd_extract_features(argv: Sequence[str]) -> int:
   from t5video.data import features
   try:
@@ -282,7 +289,7 @@ def cmd_report(argv: Sequence[str]) -> int:
 
 HANDLERS = {
     "train": cmd_train, "eval": cmd_eval, "caption": cmd_caption, "zero-shot": cmd_zero_shot,
-    "data": cmd_data, "extract-features": cmd_extract_features, "convert": cmd_convert,
+    "data": cmd_data, "standins": cmd_standins, "extract-features": cmd_extract_features, "convert": cmd_convert,
     "export-hf": cmd_export_hf, "report": cmd_report,
 }
 

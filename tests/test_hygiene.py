@@ -60,7 +60,7 @@ def test_pins_match_installed():
     assert importlib.metadata.version(name) == version, f"{name}: installed != pinned {version}"
 
 
-@pytest.mark.parametrize("command", ["", "train", "eval", "caption", "zero-shot", "data",
+@pytest.mark.parametrize("command", ["", "train", "eval", "caption", "zero-shot", "data", "standins",
                                      "convert", "export-hf", "report", "extract-features"])
 def test_cli_help(command):
   args = [sys.executable, "-m", "t5video.cli"] + ([command] if command else []) + ["--help"]

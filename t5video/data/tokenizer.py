@@ -7,6 +7,7 @@ Both give the same small interface, with T5's id layout (pad 0, eos 1, unk 2).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Iterable, Sequence
 
@@ -138,6 +139,63 @@ def train_sentencepiece(texts: Iterable[str], out_file: str, vocab_size: int = 5
     os.replace(prefix + ".model", tmp_out)
     os.replace(tmp_out, out_file)
   return SentencePieceTokenizer(out_file)
+
+
+def save_t5_tokenizer(spiece_model: str, out_dir: str, extra_ids: int = 100):
+  """Writes an HF T5 tokenizer (``spiece.model`` + ``tokenizer.json`` + config) into ``out_dir``.
+
+  ``AutoTokenizer.from_pretrained(out_dir)`` then gives a ``T5Tokenizer`` whose
+  ids equal the SentencePiece ids (pad 0, eos 1, unk 2) followed by
+  ``extra_ids`` sentinels, ``<extra_id_0>`` the highest id (T5's layout).
+  Returns that tokenizer.
+  """
+  from transformers import T5Tokenizer  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  dst = os.path.join(out_dir, "spiece.model")
+  if os.path.abspath(spiece_model) != os.path.abspath(dst):
+    shutil.copy(spiece_model, dst)
+  # transformers 5: T5Tokenizer(vocab_file=...) ignores the file; from_pretrained reads it.
+  tok = T5Tokenizer.from_pretrained(out_dir, extra_ids=extra_ids)
+  tok.save_pretrained(out_dir)
+  return tok
+
+
+def train_clip_bpe(texts: Iterable[str], out_dir: str, vocab_size: int = 1000, *,
+                   model_max_length: int = 77):
+  """Trains a byte-level BPE in CLIP's format and writes it as an HF CLIP tokenizer.
+
+  The vocabulary is laid out as OpenAI's: the 256 byte symbols, the same with
+  the end-of-word suffix ``</w>``, the learnt merges, then
+  ``<|startoftext|>`` and ``<|endoftext|>`` as the two highest ids (padding is
+  ``<|endoftext|>``). Unseen words fall back to bytes. ``out_dir`` gets
+  ``tokenizer.json``, ``tokenizer_config.json``, ``vocab.json`` and
+  ``merges.txt``; :func:`t5video.models.clip.load_clip_tokenizer` and
+  ``AutoTokenizer`` read it. Returns the ``CLIPTokenizer``.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  from tokenizers import pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
+  from transformers import CLIPTokenizer  # pylint: disable=g-import-not-at-top
+  backend = CLIPTokenizer().backend_tokenizer  # CLIP's normaliser and pre-tokeniser
+  alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+  trainer = trainers.BpeTrainer(
+      vocab_size=max(int(vocab_size) - len(alphabet) - 2, len(alphabet) + 1), min_frequency=2,
+      special_tokens=[], initial_alphabet=alphabet, end_of_word_suffix="</w>", show_progress=False)
+  backend.train_from_iterator(list(texts), trainer=trainer)
+  learnt = json.loads(backend.to_str())["model"]
+  vocab: dict[str, int] = {}
+  for piece in alphabet + [a + "</w>" for a in alphabet] + list(learnt["vocab"]):
+    vocab.setdefault(piece, len(vocab))
+  for special in ("<|startoftext|>", "<|endoftext|>"):
+    vocab[special] = len(vocab)
+  merges = [tuple(m) for m in learnt["merges"]]
+  tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+  os.makedirs(out_dir, exist_ok=True)
+  tok.save_pretrained(out_dir)
+  with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as f:
+    json.dump(vocab, f, ensure_ascii=False)
+  with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
+    f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+  return tok
 
 
 def load_tokenizer(path: str) -> Tokenizer:

@@ -1,0 +1,178 @@
+"""The stand-ins (`t5video standins`) on the tiny config: both directories load with
+transformers and through load_hf with equal logits, the cache answers without
+training again, and standins.json holds the two figures."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from t5video import config as config_lib  # noqa: E402
+from t5video.data import synthetic  # noqa: E402
+from t5video.models import clip as clip_lib  # noqa: E402
+from t5video.models import hf  # noqa: E402
+from t5video.models import t5 as t5_lib  # noqa: E402
+from t5video.recipes import standins  # noqa: E402
+from t5video.recipes.standins import cache as cache_lib  # noqa: E402
+from t5video.recipes.standins import data as data_lib  # noqa: E402
+from t5video.recipes.standins.pretrain import Jit  # noqa: E402
+
+TINY = "configs/standins/default.py:tiny"
+
+
+def _config(cache_dir):
+  c = config_lib.load_config_file(TINY)
+  c.cache_dir = str(cache_dir)
+  return c
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  """The tiny stand-ins, built once into a fresh cache."""
+  cache_dir = tmp_path_factory.mktemp("standins_cache")
+  path = standins.build(_config(cache_dir), log=lambda line: None)
+  return cache_dir, path
+
+
+def test_clip_loads_with_transformers_and_load_hf(built):
+  _, path = built
+  clip_dir = os.path.join(path, "clip")
+  tok = transformers.AutoTokenizer.from_pretrained(clip_dir)
+  assert type(tok).__name__ == "CLIPTokenizer"
+  torch_model = transformers.CLIPModel.from_pretrained(clip_dir).eval()
+  module, params = hf.load_hf(clip_dir)
+  assert isinstance(module, clip_lib.CLIPModel)
+
+  texts = ["a photo of a red circle", "two shapes on a striped background"]
+  enc = tok(texts, padding="max_length", max_length=module.text_config.max_position_embeddings,
+            return_tensors="np")
+  size = module.vision_config.image_size
+  pixels = np.random.default_rng(0).normal(size=(1, size, size, 3)).astype(np.float32)  # NHWC
+  with torch.no_grad():
+    ref = torch_model(input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"]),
+                      pixel_values=torch.tensor(pixels.transpose(0, 3, 1, 2))).logits_per_image.numpy()
+  ours = Jit(lambda p, i, x, m: module.apply({"params": p}, i, x, m).logits_per_image, fast_compile=True)(
+      params, enc["input_ids"], pixels, enc["attention_mask"])
+  np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4, rtol=1e-4)
+  # The tokenizer t5video's ViFi-CLIP and CaptionT5 read (the same ids, end token pooled).
+  from t5video.data.tokenizer import ClipTextTokenizer  # pylint: disable=g-import-not-at-top
+  ids, _ = ClipTextTokenizer(clip_dir)(texts[:1], 16)
+  assert ids[0].tolist()[: int(enc["attention_mask"][0].sum())] == enc["input_ids"][0][
+      : int(enc["attention_mask"][0].sum())].tolist()
+
+
+def test_t5_loads_with_transformers_and_load_hf(built):
+  _, path = built
+  t5_dir = os.path.join(path, "t5")
+  tok = transformers.AutoTokenizer.from_pretrained(t5_dir)
+  assert type(tok).__name__ in ("T5Tokenizer", "T5TokenizerFast")
+  config = _config(built[0])
+  extra = int(config.text.extra_ids)
+  assert tok.convert_tokens_to_ids("<extra_id_0>") == len(tok) - 1  # T5's sentinel layout
+  assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+  assert tok.convert_tokens_to_ids(f"<extra_id_{extra - 1}>") == len(tok) - extra
+  torch_model = transformers.T5ForConditionalGeneration.from_pretrained(t5_dir).eval()
+  module, params = hf.load_hf(t5_dir)
+  assert isinstance(module, t5_lib.T5ForConditionalGeneration)
+  assert module.config.vocab_size >= len(tok)
+
+  inputs = tok(["a red circle <extra_id_0> to the left"], return_tensors="np")
+  labels = tok(["<extra_id_0> moves <extra_id_1>"], return_tensors="np")["input_ids"]
+  decoder_ids = np.asarray(t5_lib.shift_right(labels, 0, 0))
+  with torch.no_grad():
+    ref = torch_model(input_ids=torch.tensor(inputs["input_ids"]),
+                      attention_mask=torch.tensor(inputs["attention_mask"]),
+                      decoder_input_ids=torch.tensor(decoder_ids)).logits.numpy()
+  ours = Jit(lambda p, i, m, d: module.apply({"params": p}, input_ids=i, attention_mask=m, decoder_input_ids=d).logits,
+             fast_compile=True)(params, inputs["input_ids"], inputs["attention_mask"], decoder_ids)
+  assert ours.shape == ref.shape
+  np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_cache_returns_the_same_dir_without_training(built, monkeypatch, tmp_path, capsys):
+  cache_dir, path = built
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("the cache should have answered")
+
+  monkeypatch.setattr(cache_lib, "_build_into", no_training)
+  assert standins.build(_config(cache_dir), log=lambda line: None) == path
+  # The command: the same cache entry, copied to --out, with the figures printed and saved.
+  out = tmp_path / "standins"
+  assert standins.main(["--config", TINY, f"--config.cache_dir={cache_dir}", "--out", str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert "cached" in printed and "zero-shot" in printed and "span-corruption loss" in printed
+  result = json.loads((out / "standins.json").read_text())
+  for name in ("colour", "shape"):
+    assert 0.0 <= result["clip"]["zero_shot"][name]["top1"] <= 1.0
+    assert result["clip"]["zero_shot"][name]["chance"] == pytest.approx(1 / 8, abs=1e-3)
+  assert np.isfinite(result["t5"]["heldout_loss"]) and result["t5"]["heldout_loss"] > 0
+  for part in ("clip", "t5"):
+    assert os.path.isfile(out / part / "config.json") and os.path.isfile(out / part / "model.safetensors")
+  # Another config is another key.
+  other = _config(cache_dir)
+  other.clip.steps = 4
+  assert standins.cache_key(other) != standins.cache_key(_config(cache_dir))
+
+
+def test_span_corruption_matches_t5():
+  """Noise density and span count as T5 sets them; inputs and targets rebuild the chunk."""
+  rng = np.random.default_rng(0)
+  mask = data_lib.random_spans_noise_mask(100, 0.15, 3.0, rng)
+  assert mask.sum() == 15 and not mask[0]
+  starts = mask & ~np.concatenate([[False], mask[:-1]])
+  assert starts.sum() == 5
+  chunks = np.arange(10, 58, dtype=np.int32).reshape(2, 24)
+  sentinels = [99 - k for k in range(8)]
+  inputs, targets = data_lib.span_corruption(chunks, noise_density=0.15, mean_noise_span_length=3.0,
+                                             sentinels=sentinels, eos_id=1, seed=0)
+  for row, inp, tgt in zip(chunks, inputs, targets):
+    assert inp[-1] == 1 and tgt[-1] == 1 and tgt[0] == 99
+    rebuilt, t = [], list(tgt[:-1])
+    for tok in inp[:-1]:  # each sentinel in the input is followed in the target by what it replaced
+      if tok in sentinels:
+        i = t.index(tok)
+        j = next((k for k in range(i + 1, len(t)) if t[k] in sentinels), len(t))
+        rebuilt += t[i + 1:j]
+      else:
+        rebuilt.append(tok)
+    assert rebuilt == row.tolist()
+
+
+def test_stills_do_not_depend_on_workers(tmp_path):
+  """Worker processes draw the same stills (and twins) as the build's own process."""
+  config = _config(tmp_path)
+  config.stills.update(num_train=12, num_heldout=4, twins=True)
+  config.text.still_captions = 3
+  out = {}
+  # pylint: disable=protected-access
+  for workers in (0, 2):
+    with cache_lib._executor(workers) as pool:
+      jobs = cache_lib._submit_stills(config, pool)
+      out[workers] = (cache_lib._gather(jobs["train"]), jobs["still_texts"].result())
+  # pylint: enable=protected-access
+  (stills0, pixels0), texts0 = out[0]
+  (stills2, pixels2), texts2 = out[2]
+  np.testing.assert_array_equal(pixels0, pixels2)
+  assert stills0 == stills2 and texts0 == texts2 and len(stills0) == 12
+  # Pairs differ in exactly one thing: the first object's shape or the background.
+  for a, b in zip(stills0[0::2], stills0[1::2]):
+    assert (a.spec.key.shape != b.spec.key.shape) != (a.background != b.background)
+
+
+def test_still_captions_name_what_is_drawn():
+  stills = data_lib.sample_stills(20, 3)
+  assert all(s.spec.events == () and s.spec.num_frames == 1 for s in stills)
+  pixels = data_lib.render_stills(stills)
+  assert pixels.shape == (20, 64, 64, 3) and pixels.dtype == np.uint8
+  for still, caps in zip(stills, data_lib.still_captions(stills, 2, 0)):
+    key = still.spec.key
+    # Every caption names the first object by a colour word or a shape word of its own.
+    words = synthetic.COLOUR_WORDS[key.colour] + synthetic.SHAPE_WORDS[key.shape]
+    assert all(any(w in c for w in words) for c in caps)
