@@ -179,6 +179,7 @@ def test_bad_config_values_are_named(data_root):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # two CLIP folds and a CaptionT5 run, about 2 minutes on 2 cores
 def test_clip_stage_concepts_and_reranking(data_root, tmp_path):
   """A cross-fitted ViFi-CLIP stage (2 folds) trains first in <workdir>/vificlip_fold*; the
   CLIP that never saw a training clip picks its concept thoughts, and sampled captions are
