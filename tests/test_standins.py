@@ -18,6 +18,7 @@ from t5video.data import synthetic  # noqa: E402
 from t5video.models import clip as clip_lib  # noqa: E402
 from t5video.models import hf  # noqa: E402
 from t5video.models import t5 as t5_lib  # noqa: E402
+from t5video import cli  # noqa: E402
 from t5video.recipes import standins  # noqa: E402
 from t5video.recipes.standins import cache as cache_lib  # noqa: E402
 from t5video.recipes.standins import data as data_lib  # noqa: E402
@@ -105,7 +106,7 @@ def test_cache_returns_the_same_dir_without_training(built, monkeypatch, tmp_pat
   assert standins.build(_config(cache_dir), log=lambda line: None) == path
   # The command: the same cache entry, copied to --out, with the figures printed and saved.
   out = tmp_path / "standins"
-  assert standins.main(["--config", TINY, f"--config.cache_dir={cache_dir}", "--out", str(out)]) == 0
+  assert cli.main(["standins", "--config", TINY, f"--config.cache_dir={cache_dir}", "--out", str(out)]) == 0
   printed = capsys.readouterr().out
   assert "cached" in printed and "zero-shot" in printed and "span-corruption loss" in printed
   result = json.loads((out / "standins.json").read_text())
