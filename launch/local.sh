@@ -39,9 +39,10 @@ case "$cmd" in
   test)
     setup
     set +e
-    # Two workers (this machine's cores); each test file stays on one worker, so its
-    # module-scoped fixtures (rendered data, trained toy runs) are built once.
-    "$venv/bin/python" -m pytest -q -ra -n "${T5VIDEO_TEST_WORKERS:-2}" --dist loadfile "$@"
+    # Two workers (this machine's cores). With loadgroup, tests/conftest.py keeps each test
+    # file on one worker (its module-scoped fixtures are built once), except the files that
+    # set XDIST_SPLIT = True: their tests are independent and heavy, and spread over both.
+    "$venv/bin/python" -m pytest -q -ra -n "${T5VIDEO_TEST_WORKERS:-2}" --dist loadgroup "$@"
     rc=$?
     set -e
     # pytest exits 5 when it collected no test: that is a failure of the suite here.

@@ -14,6 +14,9 @@ import pytest
 from t5video import cli
 from t5video.data import synthetic
 
+# Independent, heavy tests: xdist may run them on different workers (tests/conftest.py).
+XDIST_SPLIT = True
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -24,6 +24,9 @@ from tests import tiny_hf
 
 from t5video import cli
 
+# Independent, heavy tests: xdist may run them on different workers (tests/conftest.py).
+XDIST_SPLIT = True
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 VIFI_CONFIG = "configs/vificlip/synthetic.py:mean,tiny"

@@ -15,6 +15,9 @@ from t5video.evaluate import grounding
 from t5video.models import r2tuning as r2
 from t5video.models import r2tuning_losses as L
 
+# Independent, heavy tests: xdist may run them on different workers (tests/conftest.py).
+XDIST_SPLIT = True
+
 TINY = r2.R2TuningConfig.variant("tiny")
 
 
