@@ -4,6 +4,7 @@
   t5video eval --workdir DIR [--config CONFIG.py[:ARG]] [--split test] [--robustness]
   t5video caption --workdir DIR VIDEO [VIDEO ...]
   t5video zero-shot --workdir DIR --classes "a,b,c" VIDEO [VIDEO ...]
+  t5video ground --workdir DIR --query "..." VIDEO [VIDEO ...]
   t5video data synthetic --out DIR --num-videos N --seed S
   t5video standins --out DIR [--config configs/standins/default.py] [--config.KEY=VALUE ...]
   t5video extract-features ...   (see `t5video extract-features --help`)
@@ -34,7 +35,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-COMMANDS = ("train", "eval", "caption", "zero-shot", "data", "standins", "extract-features", "convert",
+COMMANDS = ("train", "eval", "caption", "zero-shot", "ground", "data", "standins", "extract-features", "convert",
             "export-hf", "report")
 
 
@@ -228,6 +229,34 @@ def cmd_zero_shot(argv: Sequence[str]) -> int:
   return 0
 
 
+def cmd_ground(argv: Sequence[str]) -> int:
+  p = argparse.ArgumentParser(
+      prog="t5video ground",
+      description="When does it happen? The top moments of a query in your own videos, from an "
+                  "R2-Tuning run, and a saliency-curve PNG per video.")
+  p.add_argument("--workdir", required=True, help="a trained R2-Tuning run directory")
+  p.add_argument("--query", required=True, help='what to find, e.g. "the red square moves left"')
+  p.add_argument("--top", type=int, default=5, help="moments to print per video")
+  p.add_argument("--out", default=None, help="folder for the PNGs (default: WORKDIR/ground)")
+  p.add_argument("--json", action="store_true", help="print one JSON object per video")
+  p.add_argument("videos", nargs="+")
+  args = p.parse_args(argv)
+  missing = [v for v in args.videos if not os.path.isfile(v)]
+  if missing:  # before restoring the model
+    raise SystemExit(f"t5video ground: no such video file: {', '.join(missing)}")
+  config = load_run_config(args.workdir)
+  from t5video.train import task as task_lib
+  if not hasattr(task_lib.get_task(config.task), "ground"):
+    raise SystemExit(f"t5video ground: {args.workdir} is a {config.task!r} run; ground needs an "
+                     "R2-Tuning run (configs/r2tuning/)")
+  task, params = restore_task(config, args.workdir)
+  results = task.ground(params, args.query, args.videos, top=args.top, out_dir=args.out,
+                        log=(lambda line: None) if args.json else print)
+  for r in results if args.json else ():
+    print(json.dumps(r))
+  return 0 if all(not r.get("error") for r in results) else 1
+
+
 def cmd_data(argv: Sequence[str]) -> int:
   if not argv or argv[0] in ("-h", "--help"):
     print("usage: t5video data synthetic --out DIR --num-videos N --seed S")
@@ -290,13 +319,13 @@ def cmd_report(argv: Sequence[str]) -> int:
 HANDLERS = {
     "train": cmd_train, "eval": cmd_eval, "caption": cmd_caption, "zero-shot": cmd_zero_shot,
     "data": cmd_data, "standins": cmd_standins, "extract-features": cmd_extract_features, "convert": cmd_convert,
-    "export-hf": cmd_export_hf, "report": cmd_report,
+    "export-hf": cmd_export_hf, "report": cmd_report, "ground": cmd_ground,
 }
 
 
 # Commands that run JAX computations. On a multi-host job every process must join
 # it (jax.distributed.initialize) before anything touches a device.
-DEVICE_COMMANDS = ("train", "eval", "caption", "zero-shot", "extract-features")
+DEVICE_COMMANDS = ("train", "eval", "caption", "zero-shot", "ground", "extract-features")
 
 
 def _one_line(error: BaseException) -> str:

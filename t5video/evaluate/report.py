@@ -188,3 +188,26 @@ def plot_robustness(curves: dict, out: str) -> None:
   plt.close(fig)
 
 
+
+
+def plot_saliency(out: str, times, saliency, moments=(), *, title: str = "",
+                  clip_seconds: float = 2.0) -> str:
+  """A grounding result as a PNG: per-clip saliency against time (clip centres ``times``), the
+  predicted moments ``[[start, end, score], ...]`` (best first) shaded, the best darkest."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  times = np.asarray(times, dtype=np.float64)[:len(saliency)]
+  fig, ax = plt.subplots(figsize=(10, 3))
+  for k, (start, end, score) in reversed(list(enumerate(moments))):
+    ax.axvspan(start, end, color="tab:orange", alpha=0.45 if k == 0 else 0.12, lw=0,
+               label=f"top moment {start:.0f}-{end:.0f} s ({score:.2f})" if k == 0 else None)
+  ax.bar(times, saliency, width=0.9 * clip_seconds, color="tab:blue", alpha=0.8, label="saliency")
+  ax.set_xlabel("time (s)")
+  ax.set_ylabel("saliency")
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8, loc="upper right")
+  fig.tight_layout()
+  fig.savefig(out, dpi=90)
+  plt.close(fig)
+  return out

@@ -152,7 +152,7 @@ class MlpProjection(nn.Module):
     x = nn.relu(Dense(self.dim, kernel_axes=(None, "embed"), dtype=self.dtype, name="fc_in")(x))
     x = _ln("norm_hidden", self.dtype)(x)
     x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
-    return Dense(self.dim, kernel_axes=("embed", "embed"), dtype=self.dtype, name="fc_out")(x)
+    return Dense(self.dim, kernel_axes=("embed", "mlp"), dtype=self.dtype, name="fc_out")(x)
 
 
 class MultiHeadAttention(nn.Module):
@@ -231,8 +231,9 @@ class R2Block(nn.Module):
       video = jnp.concatenate([video, tef], axis=-1)                        # [b, K, t, p, Dv+2]
     video_map = MlpProjection(c, cfg.dropout, dt, name="video_map")
     query_map = MlpProjection(c, cfg.dropout, dt, name="query_map")
-    v_map = Dense(c, kernel_axes=("embed", "embed"), dtype=dt, name="v_map")
-    q_map = Dense(c, kernel_axes=("embed", "embed"), dtype=dt, name="q_map")
+    # square maps name their output axis "mlp": a logical axis may occur once per kernel
+    v_map = Dense(c, kernel_axes=("embed", "mlp"), dtype=dt, name="v_map")
+    q_map = Dense(c, kernel_axes=("embed", "mlp"), dtype=dt, name="q_map")
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("layers",)),
                        (k,), jnp.float32)
     gate = self.param("gate", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("layers",)),

@@ -130,10 +130,16 @@ def l1_loss(pred: jax.Array, target: jax.Array, positive: jax.Array) -> jax.Arra
   return (jnp.abs(pred - target) * w).sum() / jnp.maximum(2 * positive.sum(), 1.0)
 
 
+def safe_norm(x: jax.Array, axis: int = -1, keepdims: bool = False, tiny: float = 1e-24) -> jax.Array:
+  """The L2 norm with a finite gradient at 0 (``jnp.linalg.norm``'s is NaN there, and a NaN
+  survives ``jnp.where`` masking: the zeroed clips of padded videos would poison every grad)."""
+  return jnp.sqrt(jnp.maximum(jnp.square(x).sum(axis=axis, keepdims=keepdims), tiny))
+
+
 def cosine(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
   """Cosine similarity over the last axis (broadcasting)."""
   num = (a * b).sum(-1)
-  den = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1)
+  den = safe_norm(a) * safe_norm(b)
   return num / jnp.maximum(den, eps)
 
 
@@ -158,8 +164,8 @@ def sampled_nce_loss(video_emb: jax.Array, query_emb: jax.Array, video_mask: jax
 def info_nce_loss(a: jax.Array, b: jax.Array, temperature: float = 0.07,
                   max_scale: float = 100.0) -> jax.Array:
   """Symmetric InfoNCE over the second-to-last axis: ``a, b [..., n, c]``, pair i ↔ i."""
-  a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-  b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+  a = a / jnp.maximum(safe_norm(a, keepdims=True), 1e-12)
+  b = b / jnp.maximum(safe_norm(b, keepdims=True), 1e-12)
   scale = min(1.0 / temperature, max_scale)
   # [..., n, c] x [..., m, c] -> [..., n, m]
   sim = jnp.einsum("...nc,...mc->...nm", a, b) * scale
