@@ -177,3 +177,38 @@ def test_still_captions_name_what_is_drawn():
     # Every caption names the first object by a colour word or a shape word of its own.
     words = synthetic.COLOUR_WORDS[key.colour] + synthetic.SHAPE_WORDS[key.shape]
     assert all(any(w in c for w in words) for c in caps)
+
+
+def test_standins_spec_resolves_and_extracts_features_at_a_frame_rate(built, monkeypatch, tmp_path,
+                                                                      capsys):
+  """``standins:CONFIG`` names the cached stand-in wherever a CLIP directory is taken:
+  ``t5video extract-features --clip standins:... --fps 2`` here (one frame per 0.5 s)."""
+  cache_dir, path = built
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("the cache should have answered")
+
+  monkeypatch.setattr(cache_lib, "_build_into", no_training)
+  monkeypatch.setenv("T5VIDEO_STANDINS_CACHE", str(cache_dir))
+  assert standins.resolve(f"standins:{TINY}", "t5") == os.path.join(path, "t5")
+  assert standins.resolve("/some/hf/dir", "clip") == "/some/hf/dir"
+  with pytest.raises(ValueError, match="'clip' or 't5'"):
+    standins.resolve(f"standins:{TINY}", "standins.json")
+  root = str(tmp_path / "videos")
+  assert cli.main(["data", "synthetic", "--out", root, "--num-videos", "3", "--seed", "0",
+                   "--min-seconds", "1.0", "--max-seconds", "2.0"]) == 0
+  out = str(tmp_path / "features")
+  capsys.readouterr()
+  assert cli.main(["extract-features", "--layout", "generic", "--root", root, "--split", "train",
+                   "--out", out, "--clip", f"standins:{TINY}", "--fps", "2", "--max-frames", "6",
+                   "--size", "64", "--layers", "0,1", "--tokens", "all"]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary["complete"] and summary["videos_per_s"] > 0 and summary["frames_per_s"] > 0
+  shard = os.path.join(out, "shard-00000")
+  mask = np.load(os.path.join(shard, "frame_mask.npy"))                   # [videos, 6]
+  times = np.load(os.path.join(shard, "timestamps.npy"))
+  assert mask.shape[1] == 6 and 2 <= mask.sum(1).min() and mask.sum(1).max() <= 4  # 1-2 s at 2 fps
+  taken = times[0][mask[0] > 0]
+  np.testing.assert_allclose(np.diff(taken), 0.5, atol=0.06)
+  tokens = np.load(os.path.join(shard, "layer_1.npy"))
+  assert tokens.shape[1:] == (6, (64 // 16) ** 2 + 1, 32)                 # [videos, T, tokens, D]

@@ -286,6 +286,7 @@ def extract_features(
   transform = pipeline.VideoDecodeTransform(spec, train=False, seed=0)
   t0 = time.time()
   written, skipped = 0, 0
+  written_shards = []
   for s in range(num_shards):
     if s % process_count != process_index:
       continue
@@ -299,16 +300,18 @@ def extract_features(
     _extract_shard(records[lo:hi], lo, fn, params, transform, batch_size,
                    worker_count, final, max_failure_ratio)
     written += 1
+    written_shards.append(final)
     logging.info("Features: wrote %s (%d clips) in %.1fs", final, hi - lo,
                  time.time() - t0)
     _write_failures(out_dir)
   failures = _write_failures(out_dir)
   complete = all(os.path.isdir(os.path.join(out_dir, _shard_name(s)))
                  for s in range(num_shards))
+  seconds = time.time() - t0
   summary = {"num_records": len(records), "num_shards": num_shards,
              "written": written, "skipped": skipped,
              "failures": failures, "complete": complete,
-             "seconds": time.time() - t0}
+             "seconds": seconds, **_throughput(written_shards, seconds)}
   if failures:
     logging.warning("Features: %d videos failed to decode; first: %s",
                     len(failures), failures[:5])
@@ -324,6 +327,17 @@ def extract_features(
   logging.info("Features: %d of %d shards done in %s", done, num_shards,
                out_dir)
   return summary
+
+
+def _throughput(shards: Sequence[str], seconds: float) -> dict:
+  """Videos and frames per second of the shards written by this call (decode + forward + write)."""
+  videos = frames = 0
+  for d in shards:
+    mask = np.load(os.path.join(d, "frame_mask.npy"))                     # [count, T]
+    videos += int(mask.shape[0])
+    frames += int(mask.sum())
+  rate = 1.0 / max(seconds, 1e-9)
+  return {"videos_per_s": round(videos * rate, 3), "frames_per_s": round(frames * rate, 3)}
 
 
 def _extract_shard(records: Sequence[VideoRecord], offset: int, fn, params,
@@ -512,10 +526,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   Arguments: ``--layout`` (msrvtt | vatex | kinetics | qvhighlights | generic),
   ``--root``, ``--split``, ``--out``, ``--clip`` (a Hugging Face CLIP
-  directory with config.json and weights), ``--layers`` (comma separated:
-  pooled, embeds or hidden-state indices), ``--tokens``, ``--num-frames``,
-  ``--size``, ``--batch-size``, ``--shard-size``, ``--dtype``,
-  ``--workers``, ``--max-failure-ratio``.
+  directory with config.json and weights; ``t5video extract-features`` also
+  takes ``standins:CONFIG`` for the project's stand-in CLIP), ``--layers``
+  (comma separated: pooled, embeds or hidden-state indices), ``--tokens``,
+  ``--num-frames`` (evenly spaced frames per video) or ``--fps`` (one frame
+  per ``1 / fps`` seconds, e.g. 0.5 for R2-Tuning's 2-second clips, at most
+  ``--max-frames``), ``--size``, ``--batch-size``, ``--shard-size``,
+  ``--dtype``, ``--workers``, ``--max-failure-ratio``. In a multi-host job
+  each process extracts its share of the shards. The last line printed is a
+  JSON summary with the throughput (``videos_per_s``, ``frames_per_s``).
   """
   import argparse  # pylint: disable=g-import-not-at-top
 
@@ -530,7 +549,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="Hugging Face CLIP checkpoint directory")
   parser.add_argument("--layers", default="pooled")
   parser.add_argument("--tokens", default="cls", choices=("cls", "all"))
-  parser.add_argument("--num-frames", type=int, default=8)
+  parser.add_argument("--num-frames", type=int, default=8,
+                      help="evenly spaced frames per video (ignored with --fps)")
+  parser.add_argument("--fps", type=float, default=0.0,
+                      help="one frame per 1/FPS seconds instead (0.5: 2-second clips)")
+  parser.add_argument("--max-frames", type=int, default=75,
+                      help="with --fps: at most this many frames per video (longer ones are "
+                           "subsampled evenly; the timestamps say which frames were taken)")
   parser.add_argument("--size", type=int, default=224)
   parser.add_argument("--batch-size", type=int, default=8)
   parser.add_argument("--shard-size", type=int, default=256)
@@ -539,19 +564,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--max-failure-ratio", type=float, default=None)
   args = parser.parse_args(argv)
 
+  import jax  # pylint: disable=g-import-not-at-top
+
   from t5video.data import decode  # pylint: disable=g-import-not-at-top
   from t5video.data import layouts  # pylint: disable=g-import-not-at-top
 
+  if args.fps < 0 or (args.fps and args.max_frames < 1):
+    raise ValueError(f"--fps must be > 0 with --max-frames >= 1, got {args.fps} and {args.max_frames}")
   records = layouts.read_dataset(args.layout, args.root, args.split)
   module, params = _load_vision_tower(args.clip)
-  spec = decode.SamplingSpec(num_frames=args.num_frames, size=args.size)
+  if args.fps:
+    spec = decode.SamplingSpec(mode="fps", fps=args.fps, max_frames=args.max_frames, size=args.size)
+  else:
+    spec = decode.SamplingSpec(num_frames=args.num_frames, size=args.size)
   summary = extract_features(
       records, module, params, spec=spec, out_dir=args.out,
       layers=[int(x) if x.lstrip("-").isdigit() else x
               for x in args.layers.split(",")],
       tokens=args.tokens, batch_size=args.batch_size,
       shard_size=args.shard_size, dtype=args.dtype,
-      worker_count=args.workers, max_failure_ratio=args.max_failure_ratio)
+      worker_count=args.workers, max_failure_ratio=args.max_failure_ratio,
+      process_index=jax.process_index(), process_count=jax.process_count())
   print(json.dumps({k: v for k, v in summary.items() if k != "failures"}
                    | {"failed": len(summary["failures"])}))
   return 0

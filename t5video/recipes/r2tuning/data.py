@@ -181,15 +181,10 @@ def write_random_clip(config: ml_collections.ConfigDict, tokenizer, out_dir: str
 
 
 def resolve_clip(spec: str, log=print) -> str:
-  """``model.clip_init`` as a directory: ``'standins:CONFIG.py[:ARG]'`` is the stand-in CLIP that
-  ``t5video standins`` builds from that config (built here on first use, then cached:
-  :func:`t5video.recipes.standins.build`); anything else is already an HF CLIP directory."""
-  if not spec.startswith("standins:"):
-    return spec
-  from t5video import config as config_lib  # pylint: disable=g-import-not-at-top
+  """``model.clip_init`` as a directory (``'standins:CONFIG.py[:ARG]'``: the stand-in CLIP,
+  :func:`t5video.recipes.standins.resolve`)."""
   from t5video.recipes import standins  # pylint: disable=g-import-not-at-top
-  return os.path.join(standins.build(config_lib.load_config_file(spec[len("standins:"):]), log=log),
-                      "clip")
+  return standins.resolve(spec, "clip", log=log)
 
 
 @dataclasses.dataclass

@@ -16,7 +16,7 @@ training loops), ``evaluate.py`` (zero-shot accuracy, held-out loss, controls),
 ``cache.py`` (the build, its cache, export, the command line). Notes: docs/standins.md.
 """
 
-from t5video.recipes.standins.cache import build, is_complete, main, read_results, write_out
+from t5video.recipes.standins.cache import build, is_complete, main, read_results, resolve, write_out
 from t5video.recipes.standins.config import base_config, cache_key, cache_root, validate
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "is_complete",
     "main",
     "read_results",
+    "resolve",
     "write_out",
     "base_config",
     "cache_key",

@@ -87,6 +87,21 @@ def build(config: ml_collections.ConfigDict, *, rebuild: bool = False,
   return final
 
 
+PREFIX = "standins:"
+
+
+def resolve(spec: str, part: str, *, log: Callable[[str], None] = print) -> str:
+  """A checkpoint setting as a directory: ``'standins:CONFIG.py[:ARG]'`` is ``part`` ('clip'
+  or 't5') of the stand-ins that config builds (built here on first use, then cached: see
+  :func:`build`); anything else is returned as it is (an HF directory, or empty)."""
+  if not spec.startswith(PREFIX):
+    return spec
+  if part not in PARTS or part.endswith(".json"):
+    raise ValueError(f"stand-in part must be 'clip' or 't5', got {part!r}")
+  from t5video import config as run_config  # pylint: disable=g-import-not-at-top
+  return os.path.join(build(run_config.load_config_file(spec[len(PREFIX):]), log=log), part)
+
+
 def write_out(cache: str, out: str) -> str:
   """Copies ``clip/``, ``t5/`` and ``standins.json`` of ``cache`` into ``out`` (replacing them)."""
   if os.path.realpath(cache) == os.path.realpath(out):
