@@ -212,3 +212,27 @@ def test_standins_spec_resolves_and_extracts_features_at_a_frame_rate(built, mon
   np.testing.assert_allclose(np.diff(taken), 0.5, atol=0.06)
   tokens = np.load(os.path.join(shard, "layer_1.npy"))
   assert tokens.shape[1:] == (6, (64 // 16) ** 2 + 1, 32)                 # [videos, T, tokens, D]
+
+
+def test_captiont5_standins_variant_starts_from_the_standin_directories(built, monkeypatch, tmp_path):
+  """``configs/captiont5/synthetic.py:standins``: preparing the run resolves ``standins:`` to
+  the cached directories, and the Task takes its towers' sizes and tokenizer from them."""
+  from t5video.recipes import captiont5
+  cache_dir, path = built
+  monkeypatch.setattr(cache_lib, "_build_into", lambda *a, **k: pytest.fail("cache expected"))
+  monkeypatch.setenv("T5VIDEO_STANDINS_CACHE", str(cache_dir))
+  config = config_lib.load_config_file("configs/captiont5/synthetic.py:runlocal,standins")
+  assert config.model.clip_init.startswith("standins:") and config.eval.rerank.candidates == 0
+  with config.unlocked():
+    config.model.clip_init = config.model.t5_init = f"standins:{TINY}"
+    config.data.root = str(tmp_path / "data")
+    config.data.num_videos = 24
+  with pytest.raises(ValueError, match="resolved when the run is prepared"):
+    captiont5.CaptionT5Task(config)
+  prepared = captiont5.CaptionT5Task.prepare(config, str(tmp_path / "run"))
+  assert prepared.model.clip_init == os.path.join(path, "clip")
+  assert prepared.model.t5_init == os.path.join(path, "t5") and not prepared.stages
+  task = captiont5.CaptionT5Task(prepared)
+  assert task.model_config.t5.d_model == 32 and task.model_config.vision.hidden_size == 32
+  assert task.tokenizer.vocab_size == transformers.AutoTokenizer.from_pretrained(
+      os.path.join(path, "t5")).vocab_size

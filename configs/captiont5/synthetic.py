@@ -15,6 +15,9 @@ Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10
 * ``runlocal``: a tiny run that finishes in about a minute (smoke test).
 * ``concepts``: the stage-0 CLIP's top concepts become a thought as well (cross-fitted in two folds).
 * ``noclip``: no video-text CLIP stage: a vision tower from scratch, no concepts, no re-ranking.
+* ``standins``: as ``noclip``, but the vision tower and the T5 (with its tokenizer) start from the
+  project's pretrained stand-ins (``t5video standins``, built once and cached; docs/standins.md),
+  through ``model.clip_init`` / ``model.t5_init``, the path a user's HF checkpoints take.
 * ``nothoughts``: thoughts switched off (ablation; the CLIP stage still re-ranks).
 * ``frac10``: 10% of the training clips.
 * ``temporal=mean|transformer|resampler``: the temporal module.
@@ -30,6 +33,8 @@ under 15 minutes. Results and the commands that produce them: docs/results.md.
 """
 
 from t5video.recipes import captiont5
+
+STANDINS = "standins:configs/standins/default.py"  # t5video standins' CLIP and T5 (cached)
 
 
 def get_config(arg=None):
@@ -94,6 +99,12 @@ def get_config(arg=None):
     c.thoughts.sources = tuple(x for x in c.thoughts.sources if x != "concepts")
     c.thoughts.clip_stage.init_vision = False
     c.eval.rerank.candidates = 0
+  if "standins" in args:  # pretrained stand-ins instead of towers from scratch (no CLIP stage)
+    c.thoughts.sources = tuple(x for x in c.thoughts.sources if x != "concepts")
+    c.thoughts.clip_stage.init_vision = False
+    c.eval.rerank.candidates = 0
+    c.model.clip_init = STANDINS
+    c.model.t5_init = STANDINS
   if "nothoughts" in args:
     c.thoughts.sources = ()
   if "frac10" in args:

@@ -150,9 +150,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def check_init_dirs(config: ml_collections.ConfigDict) -> None:
   """``model.clip_init`` / ``model.t5_init``, when set, must be HF model directories
-  (``clip_init`` may also be a finished ViFi-CLIP workdir)."""
+  (``clip_init`` may also be a finished ViFi-CLIP workdir; ``standins:CONFIG`` is resolved to
+  the stand-in's directory when the run is prepared)."""
   for key in ("clip_init", "t5_init"):
     path = config.model[key]
+    if path.startswith("standins:"):
+      raise ValueError(f"config.model.{key}={path!r} is resolved when the run is prepared "
+                       "(t5video train); this config was not")
     if path and not os.path.isfile(os.path.join(path, "config.json")) and not (
         key == "clip_init" and is_vificlip_workdir(path)):
       other = " or a finished ViFi-CLIP workdir" if key == "clip_init" else ""

@@ -153,6 +153,11 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     config_lib.fill_defaults(config, cfg.base_config())
     workdir = paths.normalize(workdir)
     data_lib.prepare_data(config.data)
+    # 'standins:CONFIG' is the project's stand-in CLIP / T5 (built once, cached): the directory
+    # is what config.json records, as a user's checkpoint directory would be.
+    from t5video.recipes import standins  # pylint: disable=g-import-not-at-top
+    config.model.clip_init = standins.resolve(config.model.clip_init, "clip")
+    config.model.t5_init = standins.resolve(config.model.t5_init, "t5")
     task = cls(config)
     assets = paths.join(workdir, ASSETS_DIR)
     paths.makedirs(assets)
