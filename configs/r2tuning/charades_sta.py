@@ -1,0 +1,72 @@
+"""R2-Tuning on Charades-STA (moment retrieval: one window per query, no saliency labels).
+
+Data: Charades' videos and the Charades-STA annotations in one folder ``DIR``
+(``charades_sta_{train,test}.txt``, lines ``<vid> <start> <end>##<sentence>``, and optionally
+``Charades_v1_{train,test}.csv`` for the video lengths; videos as ``DIR/videos/<vid>.mp4``).
+Convert the annotations once into the QVHighlights layout every grounding recipe reads, then
+train and evaluate on the test split (the benchmark has no validation split)::
+
+  t5video data charades-sta --root DIR
+  t5video train --config configs/r2tuning/charades_sta.py --workdir runs/r2_charades \\
+      --config.data.root=DIR --config.model.clip_init=/path/to/clip-vit-base-patch32
+  t5video ground --workdir runs/r2_charades --query "a person opens the door" VIDEO.mp4
+
+``:meanpool`` trains the mean-pooling baseline head instead of the R² block.
+
+As the paper trains it: one frame per second (1-second clips), AdamW 2.5e-4 with the
+recipe's other defaults (weight decay 1e-4, 500 warm-up steps, clipping 35, batch 128, 30
+epochs of the training set repeated 4 times, cosine decay where the paper steps down at
+epoch 20), non-maximum suppression at IoU 0.7 at inference; R1 at IoU 0.3 / 0.5 / 0.7 and
+mIoU (the ``r2tuning`` protocol of :mod:`t5video.evaluate.grounding`). Charades-STA has no
+per-clip saliency: the saliency targets come from the windows and no HD metric is reported.
+
+Hardware: one 16 GB accelerator; feature extraction (about 9.8k videos of ~30 s, one frame
+per second, every token of the last 4 layers in float16: ~4.6 MB per video, ~45 GB) is
+decoding-bound and takes hours of CPU; shard it over hosts with ``t5video extract-features``
+or let the first ``t5video train`` do it. Not practical on a CPU: use
+configs/r2tuning/synthetic.py there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import ml_collections
+
+from t5video.config import checkpoint_dir
+from t5video.recipes.r2tuning import config as common
+
+NUM_TRAIN = 12408   # queries in charades_sta_train.txt
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """``arg``: 'r2' (default) | 'meanpool'."""
+  head = arg or "r2"
+  if head not in common.HEADS:
+    raise ValueError(f"configs/r2tuning/charades_sta.py: arg must be r2|meanpool, got {arg!r}")
+  c = common.base_config()
+  c.seed = 2024
+  c.train.batch_size = 128
+  c.train.num_steps = int(math.ceil(30 * 4 * NUM_TRAIN / c.train.batch_size))
+  c.train.log_every = 100
+  c.train.eval_every = int(math.ceil(5 * 4 * NUM_TRAIN / c.train.batch_size))   # every 5 epochs
+  c.train.checkpoint_every = c.train.eval_every
+  c.train.max_to_keep = 2
+  c.train.best_metric = "MR-full-R1@0.5"
+  c.optim.schedule = "cosine"
+  c.optim.learning_rate = 2.5e-4
+  c.model.head = head
+  c.model.clip_init = os.path.join(checkpoint_dir(), "clip-vit-base-patch32")
+  c.data.layout = "qvhighlights"     # after `t5video data charades-sta --root DIR`
+  c.data.root = ""                   # --config.data.root=DIR
+  c.data.fps = 1.0
+  c.data.max_clips = 75              # 75 s: longer than almost every Charades video
+  c.data.extract_workers = 4
+  c.data.worker_count = 4
+  c.data.read_threads = 4
+  c.eval.split = "test"
+  c.eval.protocol = "r2tuning"
+  c.eval.nms = "normal:0.7"
+  c.eval.batch_size = 32
+  return c
