@@ -1,0 +1,187 @@
+"""The distillation recipe's task: the student (a ViFi-CLIP dual encoder trained on captions)
+and the run's preparation (the data division and the stages before it).
+
+:meth:`DistillTask.prepare` divides the data (:mod:`.data`), resolves every path
+into the run config and lists the stages, so that ``t5video train`` runs the
+whole pipeline and resumes it at the first unfinished stage:
+
+1. ``teacher_*``: the CaptionT5 teacher trained on the labelled clips
+   (``teacher.order``: visual then language adaptation, the other way round,
+   or one joint stage), unless ``teacher.workdir`` names a finished one or no
+   source needs it;
+2. ``pseudo_label``: K captions per unlabelled clip (:mod:`.pseudo_label`), unless
+   ``pseudo.dir`` names a finished pseudo-labelled dataset;
+3. ``control_text_only`` when ``eval.controls`` asks for it;
+4. the run itself: the student, then its evaluation (:mod:`.evaluate`).
+
+The student is ViFi-CLIP's task with other training records (those of
+``student.sources``, labels dropped: it learns from text alone) and a
+SentencePiece tokenizer trained on the text available before any stage runs
+(the labelled captions, the alt-text, the class prompts); the teacher's
+captions are made of the words it was trained on, the labelled captions.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from t5video import config as config_lib
+from t5video.data.records import VideoRecord
+from t5video.recipes.distill import config as cfg
+from t5video.recipes.distill import data as data_lib
+from t5video.recipes.vificlip import config as vificlip_config
+from t5video.recipes.vificlip.task import ViFiCLIPTask
+from t5video.train import paths
+
+PSEUDO_STAGE = "pseudo_label"
+TEACHER_DIR = "teacher"  # <workdir>/teacher_<stage>/ hold the teacher's stages
+
+
+def teacher_stages(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """The CaptionT5 stages that train the teacher on the labelled clips, in ``teacher.order``.
+
+  Each stage is ``teacher.config`` on ``<student.data_dir>/labelled.jsonl`` with
+  ``teacher.overrides``; in 'vl' / 'lv' the first trains only its half of the
+  params (visual: the CLIP tower, temporal module and projection; language:
+  T5) and the second starts from it (``init_from``) and trains the other half.
+  """
+  t, d = config.teacher, config.data
+  data = {"layout": "generic", "root": os.path.abspath(d.root),
+          "annotations": os.path.join(config.student.data_dir, data_lib.LABELLED),
+          "train_split": "train", "eval_split": config.eval.split}
+  common = {"seed": int(config.seed), "data": data, "stages": ()}
+  halves = {"v": ("visual", cfg.VISUAL_PARAMS, int(t.visual_steps)),
+            "l": ("language", cfg.LANGUAGE_PARAMS, int(t.language_steps))}
+  if t.order == "joint":
+    plan = [("joint", "", int(t.visual_steps) + int(t.language_steps))]
+  else:
+    plan = [halves[h] for h in t.order]
+  out, previous = [], ""
+  for name, trainable, steps in plan:
+    overrides = _deep_merge(common, vificlip_config.as_dict(t.overrides))
+    overrides = _deep_merge(overrides, {"optim": {"trainable": trainable}})
+    if steps:
+      overrides = _deep_merge(overrides, {"train": {"num_steps": steps}})
+    if previous:
+      overrides = _deep_merge(overrides, {"init_from": {"path": previous, "regex": ".*"},
+                                          "model": {"clip_init": "", "t5_init": ""}})
+    stage_dir = f"{TEACHER_DIR}_{name}"
+    out.append({"name": stage_dir, "config": t.config, "workdir": stage_dir, "overrides": overrides})
+    previous = os.path.join(workdir, stage_dir)
+  return out
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+  out = dict(a)
+  for k, v in b.items():
+    if isinstance(v, dict) and isinstance(out.get(k), dict) and v:
+      out[k] = _deep_merge(out[k], v)
+    else:
+      out[k] = v
+  return out
+
+
+class DistillTask(ViFiCLIPTask):
+  """The student of the distillation recipe (see the module docstring)."""
+
+  CONFIG_MODULE = cfg  # the schema: base_config(), validate(), OPEN_SECTIONS
+
+  def __init__(self, config, tokenizer_path=None, classes=None):
+    config_lib.fill_defaults(config, cfg.base_config())
+    cfg.validate(config)
+    super().__init__(config, tokenizer_path=tokenizer_path, classes=classes)
+
+  # ---- the run's preparation --------------------------------------------------------
+  @classmethod
+  def prepare(cls, config, workdir: str) -> ml_collections.ConfigDict:
+    """Divides the data, resolves the paths and lists the stages (see the module docstring)."""
+    from t5video.recipes.vificlip import data as vificlip_data  # pylint: disable=g-import-not-at-top
+    from t5video.evaluate import controls  # pylint: disable=g-import-not-at-top
+    config = ml_collections.ConfigDict(config.to_dict())
+    config_lib.fill_defaults(config, cfg.base_config())
+    workdir = paths.normalize(workdir)
+    s, t, p = config.student, config.teacher, config.pseudo
+    with config.unlocked():
+      config.data.root = os.path.abspath(config.data.root) if config.data.root else ""
+      s.data_dir = os.path.abspath(s.data_dir) if s.data_dir else os.path.join(workdir, "data")
+      if not config.model.tokenizer:
+        config.model.tokenizer = os.path.join(workdir, "assets", "student_spiece.model")
+      needs_pseudo = "pseudo" in s.sources
+      stages = list(config.stages)
+      if needs_pseudo and not p.dir:
+        if not t.workdir:
+          if not t.config:
+            raise ValueError("student.sources has 'pseudo' and no teacher: set teacher.config (a CaptionT5 "
+                             "config to train one here), teacher.workdir or pseudo.dir")
+          teacher = teacher_stages(config, workdir)
+          stages += teacher
+          t.workdir = os.path.join(workdir, teacher[-1]["workdir"])
+        p.dir = os.path.join(workdir, PSEUDO_STAGE)
+        stages.append({"name": PSEUDO_STAGE, "config": "", "workdir": PSEUDO_STAGE,
+                       "run": "t5video.recipes.distill.pseudo_label:run_stage",
+                       "overrides": {"stages": ()}})
+      elif p.dir:
+        p.dir = os.path.abspath(p.dir)
+      if "text_only" in config.eval.controls and not any(
+          dict(x).get("name") == controls.TEXT_ONLY_STAGE for x in stages):
+        stages.append(controls.text_only_stage())
+      config.stages = tuple(stages)
+    records = {}
+
+    def records_fn(split, allow_empty):
+      if split not in records:
+        records[split] = vificlip_data.read_records(config.data, split, allow_empty)
+      return records[split]
+
+    os.makedirs(s.data_dir, exist_ok=True)
+    counts = data_lib.divide(config, records_fn, s.data_dir)
+    print(f"distill data in {s.data_dir}: {counts['labelled']} labelled and {counts['unlabelled']} unlabelled "
+          f"training clips", flush=True)
+    os.makedirs(os.path.dirname(config.model.tokenizer), exist_ok=True)
+    # The student's assets (tokenizer, class lists) once; ViFi-CLIP's prepare writes them.
+    return super().prepare(config, workdir)
+
+  # ---- data -------------------------------------------------------------------------
+  def train_records(self) -> list[VideoRecord]:
+    """The records of ``student.sources`` (:func:`.data.student_records`), a seeded
+    ``data.train_fraction`` of them."""
+    from t5video.data.records import fraction_subset  # pylint: disable=g-import-not-at-top
+    records = data_lib.student_records(self.config)
+    records = fraction_subset(records, float(self.config.data.train_fraction), int(self.config.seed))
+    if not records:
+      raise ValueError(f"student.sources={tuple(self.config.student.sources)}: no training clip has a caption")
+    return records
+
+  def _tokenizer_path(self) -> str:
+    """A SentencePiece model trained on the text there is before any stage: the labelled
+    captions, the alt-text and the class prompts (an HF tokenizer directory is used as is)."""
+    m = self.config.model
+    if m.tokenizer.endswith(".model") and not paths.exists(m.tokenizer):
+      from t5video.data.tokenizer import train_sentencepiece  # pylint: disable=g-import-not-at-top
+      d = self.config.student.data_dir
+      texts = [c for name in (data_lib.LABELLED, data_lib.ALT_TEXT)
+               for r in data_lib.read(os.path.join(d, name)) for c in r.captions]
+      names = list(self.train_classes) + list(self.novel_classes)
+      texts += names + [m.prompt_template.format(c) for c in names]
+      if not texts:
+        raise ValueError(f"cannot train the SentencePiece model {m.tokenizer}: no text in {d}")
+      train_sentencepiece(texts, m.tokenizer, vocab_size=int(m.sentencepiece_vocab))
+    return super()._tokenizer_path()
+
+  # ---- evaluation -------------------------------------------------------------------
+  def evaluate(self, params, *, step: int, workdir: str) -> dict[str, float]:
+    """ViFi-CLIP's zero-shot and retrieval protocols, renamed (:func:`.evaluate.run`)."""
+    del step
+    import jax  # pylint: disable=g-import-not-at-top
+    from t5video.evaluate import hosts  # pylint: disable=g-import-not-at-top
+    from t5video.recipes.distill import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+    from t5video.recipes.vificlip.task import is_workdir, save_workdir_assets  # pylint: disable=g-import-not-at-top
+    if workdir and jax.process_index() == 0 and not is_workdir(workdir):
+      save_workdir_assets(self, workdir)
+    metrics = evaluate_lib.run(self, jax.device_get(hosts.local_params(params)), workdir=workdir)
+    if jax.process_index() == 0:
+      print(evaluate_lib.format_table(metrics, self.config), flush=True)
+    return metrics
+
