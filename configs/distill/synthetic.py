@@ -115,9 +115,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.pseudo.chunk_size = 64
 
   if tiny:
+    # One layer per tower: compiling, not computing, is what a tiny run spends its time on.
     c.model.vision = dict(c.model.vision.to_dict(), hidden_size=32, intermediate_size=64, image_size=32,
-                          patch_size=16, projection_dim=32)
-    c.model.text = dict(c.model.text.to_dict(), hidden_size=32, intermediate_size=64, projection_dim=32)
+                          patch_size=16, projection_dim=32, num_hidden_layers=1)
+    c.model.text = dict(c.model.text.to_dict(), hidden_size=32, intermediate_size=64, projection_dim=32,
+                        num_hidden_layers=1)
     c.model.projection_dim = 32
     c.model.sentencepiece_vocab = 200
     c.data.size = 32
@@ -132,7 +134,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                            relative_attention_num_buckets=32, relative_attention_max_distance=64),
                    temporal=dict(kind="mean")),
         text=dict(max_input_len=40, max_target_len=16),
-        eval=dict(refine=False, max_examples=8, batch_size=8, controls=("other_frames",), meteor="false"),
+        tasks=dict(caption=1.0, classify=0.0, tags=0.0),
+        eval=dict(refine=False, max_examples=8, batch_size=8, controls=(), meteor="false"),
         train=dict(batch_size=8, checkpoint_every=0, log_every=4, progress=False),
         optim=dict(learning_rate=1e-2, warmup_steps=2))
     c.pseudo.num_captions = 3

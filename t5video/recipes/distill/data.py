@@ -97,7 +97,11 @@ def record_row(record: VideoRecord, unlabelled: bool = False, **changes: Any) ->
   if unlabelled:
     r.update(captions=[], label=None, tags=[], moments=[], saliency=[])
     r["extra"] = {k: v for k, v in r.get("extra", {}).items() if k not in ANNOTATION_FIELDS}
-  r.update(changes)
+  for key, value in changes.items():  # a VideoRecord field, or an extra key of the row
+    if key in r and key != "extra":
+      r[key] = value
+    else:
+      r["extra"] = {**r.get("extra", {}), key: value}
   row: dict[str, Any] = {k: v for k, v in r.get("extra", {}).items()}
   for key in ("video_id", "split", "captions", "label", "tags", "subtitle", "metadata", "start", "end",
               "duration", "moments", "saliency"):
