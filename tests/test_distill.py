@@ -102,6 +102,9 @@ def test_division_alt_text_and_stage_list(root, prepared):
                                             "control_text_only"]
   v, l = vl.stages[0]["overrides"], vl.stages[1]["overrides"]
   assert v["optim"]["trainable"].startswith("^(clip|") and l["optim"]["trainable"] == "^t5/"
+  # Captions alone in visual adaptation; video QA joins them in language adaptation.
+  assert v["tasks"] == {"caption": 1.0, "classify": 0.0, "tags": 0.0, "qa": 0.0}
+  assert l["tasks"]["qa"] == vl.teacher.qa_weight > 0 and l["tasks"]["caption"] > 0
   assert l["init_from"]["path"] == os.path.join(workdir, "vl", "teacher_visual")
   lv = stages.prepare(_config(root, "tiny,order=lv"), os.path.join(workdir, "lv"))
   assert [s["name"] for s in lv.stages][:2] == ["teacher_language", "teacher_visual"]
@@ -111,6 +114,57 @@ def test_division_alt_text_and_stage_list(root, prepared):
     bad = _config(root)
     bad.student.sources = ("captions",)
     config_lib.validate(bad)
+
+
+def test_video_qa_pairs_and_the_teachers_qa_task(prepared, teacher):
+  """QA pairs about the rendered events go with the labelled clips (not the unlabelled ones), and
+  CaptionT5's 'qa' task reads the question and writes the answer."""
+  from t5video.data import qa as qa_lib
+  from t5video.recipes.captiont5 import data as captiont5_data
+  config, _ = prepared
+  labelled = data_lib.read(os.path.join(config.student.data_dir, data_lib.LABELLED), None)
+  assert all(r.extra["qa"] for r in labelled)
+  two = next(r for r in labelled if len(r.extra["attributes"]["actions"]) == 2)
+  first, second = two.extra["attributes"]["actions"]
+  pairs = {p["question"]: p for p in two.extra["qa"]}
+  after = pairs[f"what does the {two.extra['attributes']['shape']} do after it {first}?"]
+  assert after["answer"] == second and after["type"] == "temporal"
+  assert {p["type"] for p in two.extra["qa"]} == set(qa_lib.TYPES)
+  mc = next(p for p in two.extra["qa"] if p.get("choices"))
+  assert len(mc["choices"]) == 4 and mc["answer"] in mc["choices"]
+  assert qa_lib.synthetic_pairs(two.extra["attributes"], two.video_id) == qa_lib.synthetic_pairs(
+      two.extra["attributes"], two.video_id)
+  assert qa_lib.is_correct("The shrinks.", {"answer": "shrinks"}) and not qa_lib.is_correct(first, after)
+  assert qa_lib.accuracy([{"type": "count", "correct": True}, {"type": "temporal", "correct": False}]) == {
+      "qa_accuracy": 0.5, "qa_count": 2.0, "qa_accuracy_count": 1.0, "qa_accuracy_temporal": 0.0}
+  with pytest.raises(ValueError, match="choices"):
+    qa_lib.check_pairs([{"question": "q?", "answer": "a", "choices": ["b"]}], "x")
+
+  from t5video.data import thoughts as thoughts_lib
+  task, params = teacher
+  tok = task.tokenizer
+  transform = captiont5_data.TextTransform(
+      tok, tasks={"caption": 0.0, "qa": 1.0}, thought_cfg=thoughts_lib.ThoughtConfig(sources=("subtitle",)),
+      max_input_len=48, max_target_len=12, seed=0, qa={two.video_id: [after]})
+  ex = transform({"video_id": two.video_id, "captions": two.captions, "label": two.label, "tags": [],
+                  "metadata": {}, "subtitle": "hello there", "frames": np.zeros((2, 8, 8, 3), np.uint8),
+                  "frame_mask": np.ones(2, bool), "valid": True, "index": 0, "epoch": 0, "position": 0,
+                  "failure": "", "path": two.path})
+  assert ex["task_id"] == captiont5_data.TASK_IDS["qa"]
+  assert tok.decode_batch(ex["input_ids"][None])[0].startswith(f"question: {after['question']}")
+  assert tok.decode_batch(ex["decoder_target"][None])[0] == second
+
+  # The teacher's evaluation answers each clip's questions: accuracy, its prior, per type.
+  records = [r for r in task.eval_records() if r.extra.get("qa")][:2]
+  metrics, rows = task.run_eval(params, records)
+  assert sum(len(r["qa"]) for r in rows) == metrics["qa_count"] == sum(len(r.extra["qa"]) for r in records)
+  assert all(isinstance(q["predicted"], str) and q["correct"] == qa_lib.is_correct(q["predicted"], q)
+             for r in rows for q in r["qa"])
+  assert 0.0 <= metrics["qa_accuracy"] <= 1.0
+  assert {k for k in metrics if k.startswith("qa_accuracy_")} == {
+      f"qa_accuracy_{p['type']}" for r in records for p in r.extra["qa"]}
+  base = task.baselines(records)
+  assert 0.0 <= base["baseline_prior_qa_accuracy"] <= 1.0
 
 
 def test_per_row_sampling_keys_do_not_depend_on_the_batch():

@@ -58,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
       order="vl",                   # see ORDERS
       visual_steps=0,               # steps of the visual adaptation stage (0: the config's)
       language_steps=0,             # steps of the language adaptation stage (0: the config's)
+      qa_weight=0.5,                # weight of the 'qa' task (video QA as text) in language adaptation
+                                    # (and in a joint stage); visual adaptation trains captions only
       overrides={},                 # more overrides of the teacher's config (nested dicts)
   ))
   c.pseudo = ml_collections.ConfigDict(dict(
@@ -81,6 +83,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"student.sources must be a non-empty subset of {SOURCES}, got {tuple(s.sources)}")
   if not 0.0 < float(s.labelled_fraction) <= 1.0:
     raise ValueError(f"student.labelled_fraction must be in (0, 1], got {s.labelled_fraction}")
+  if not 0.0 <= float(t.qa_weight) < 1.0:
+    raise ValueError(f"teacher.qa_weight must be in [0, 1), got {t.qa_weight}")
   if t.order not in ORDERS:
     raise ValueError(f"teacher.order must be one of {ORDERS}, got {t.order!r}")
   if "pseudo" in s.sources and not (p.dir or t.workdir or t.config):

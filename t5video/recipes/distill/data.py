@@ -6,10 +6,11 @@ seeded by ``student.split_seed``) and written as generic-layout JSONL files into
 ``student.data_dir`` (default ``<workdir>/data``), which the teacher, the
 pseudo-labelling stage and the student all read:
 
-* ``labelled.jsonl``: the labelled training clips with their captions, and
-  every clip of the other splits (the teacher's evaluation split among them);
+* ``labelled.jsonl``: the labelled training clips with their captions and QA
+  pairs (:func:`qa_pairs`), and every clip of the other splits (the teacher's
+  evaluation split among them);
 * ``unlabelled.jsonl``: the other training clips without captions, label or
-  tags (their side information, subtitle and metadata, is kept: a user's
+  tags, QA pairs or event annotations (their side information, subtitle and metadata, is kept: a user's
   unlabelled videos have it too): what the teacher pseudo-labels;
 * ``alt_text.jsonl``: every training clip with its alt-text as its one caption.
 
@@ -38,6 +39,7 @@ import ml_collections
 import numpy as np
 
 from t5video.data import layouts
+from t5video.data import qa as qa_lib
 from t5video.data import synthetic
 from t5video.data.records import VideoRecord, fraction_subset
 from t5video.train import paths
@@ -84,7 +86,16 @@ def alt_text(record: VideoRecord, seed: int) -> str:
 
 # What an unlabelled clip must not carry: annotations that describe what happens in it
 # (grounding queries, saliency, the synthetic generator's truth).
-ANNOTATION_FIELDS = ("moments", "saliency", "attributes")
+ANNOTATION_FIELDS = ("moments", "saliency", "attributes", "qa")
+
+
+def qa_pairs(record: VideoRecord, seed: int) -> list[dict]:
+  """The record's own QA pairs (its ``qa`` field), else questions about the synthetic world's
+  events from its ``attributes`` (:func:`t5video.data.qa.synthetic_pairs`), else []."""
+  own = record.extra.get("qa")
+  if own:
+    return qa_lib.check_pairs(own, f"clip {record.video_id}")
+  return qa_lib.synthetic_pairs(record.extra.get("attributes"), record.video_id, seed)
 
 
 def record_row(record: VideoRecord, unlabelled: bool = False, **changes: Any) -> dict[str, Any]:
@@ -136,8 +147,8 @@ def divide(config: ml_collections.ConfigDict, records_fn, out_dir: str) -> dict[
             for r in records_fn(split, True)]
   seed = int(s.split_seed)
   os.makedirs(out_dir, exist_ok=True)
-  write_jsonl(files[0], [record_row(r, split="train", alt_text=alt_text(r, seed)) for r in labelled]
-              + [record_row(r) for r in others])
+  write_jsonl(files[0], [record_row(r, split="train", alt_text=alt_text(r, seed), qa=qa_pairs(r, seed))
+                         for r in labelled] + [record_row(r, qa=qa_pairs(r, seed)) for r in others])
   write_jsonl(files[1], [record_row(r, unlabelled=True, split="train", alt_text=alt_text(r, seed))
                          for r in unlabelled])
   alt = [(r, alt_text(r, seed)) for r in train]

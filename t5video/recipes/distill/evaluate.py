@@ -31,7 +31,8 @@ import ml_collections
 from t5video.recipes.vificlip import evaluate as vificlip_evaluate
 from t5video.train import paths
 
-TEACHER_KEYS = ("CIDEr", "BLEU-4", "ROUGE-L", "METEOR", "control_other_frames_CIDEr", "baseline_caption_CIDEr")
+TEACHER_KEYS = ("CIDEr", "BLEU-4", "ROUGE-L", "METEOR", "control_other_frames_CIDEr", "baseline_caption_CIDEr",
+                "qa_accuracy", "control_other_frames_qa_accuracy", "baseline_prior_qa_accuracy")
 _EXCLUDE_FROM_CONTROLS = ("control_text_only_teacher_", "control_text_only_pseudo_")
 
 

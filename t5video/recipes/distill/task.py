@@ -52,16 +52,23 @@ def teacher_stages(config: ml_collections.ConfigDict, workdir: str) -> list[dict
           "annotations": os.path.join(config.student.data_dir, data_lib.LABELLED),
           "train_split": "train", "eval_split": config.eval.split}
   common = {"seed": int(config.seed), "data": data, "stages": ()}
-  halves = {"v": ("visual", cfg.VISUAL_PARAMS, int(t.visual_steps)),
-            "l": ("language", cfg.LANGUAGE_PARAMS, int(t.language_steps))}
+  # Captions alone in visual adaptation (the paper's alt-text stage); the teacher config's tasks
+  # with video QA (teacher.qa_weight) in language adaptation, the instruction-data stage.
+  base_tasks = dict(config_lib.load_config_file(t.config).tasks.to_dict())
+  base_tasks.update(vificlip_config.as_dict(vificlip_config.as_dict(t.overrides).get("tasks")))
+  qa_w = float(t.qa_weight)
+  language_tasks = {k: (qa_w if k == "qa" else float(v) * (1.0 - qa_w)) for k, v in {**base_tasks, "qa": 0}.items()}
+  visual_tasks = {k: (1.0 if k == "caption" else 0.0) for k in language_tasks}
+  halves = {"v": ("visual", cfg.VISUAL_PARAMS, int(t.visual_steps), visual_tasks),
+            "l": ("language", cfg.LANGUAGE_PARAMS, int(t.language_steps), language_tasks)}
   if t.order == "joint":
-    plan = [("joint", "", int(t.visual_steps) + int(t.language_steps))]
+    plan = [("joint", "", int(t.visual_steps) + int(t.language_steps), language_tasks)]
   else:
     plan = [halves[h] for h in t.order]
   out, previous = [], ""
-  for name, trainable, steps in plan:
+  for name, trainable, steps, tasks in plan:
     overrides = _deep_merge(common, vificlip_config.as_dict(t.overrides))
-    overrides = _deep_merge(overrides, {"optim": {"trainable": trainable}})
+    overrides = _deep_merge(overrides, {"optim": {"trainable": trainable}, "tasks": tasks})
     if steps:
       overrides = _deep_merge(overrides, {"train": {"num_steps": steps}})
     if previous:
