@@ -116,6 +116,43 @@ def test_division_alt_text_and_stage_list(root, prepared):
     config_lib.validate(bad)
 
 
+def test_unlabelled_videos_of_ones_own_and_the_real_data_config(root, tmp_path):
+  """``student.unlabelled``: a folder of the user's videos is the unlabelled set, the whole training
+  split the labelled one; configs/distill/msrvtt.py lists V->L teacher stages on real checkpoints."""
+  import shutil
+  mine = tmp_path / "my_videos"
+  (mine / "trip").mkdir(parents=True)
+  shutil.copy(os.path.join(root, "videos", "vid00000.mp4"), mine / "trip" / "a.mp4")
+  shutil.copy(os.path.join(root, "videos", "vid00001.mp4"), mine / "b.MP4")
+  (mine / "notes.txt").write_text("not a video")
+  config = _config(root)
+  config.student.unlabelled = str(mine)
+  config.student.labelled_fraction = 1.0
+  prepared = stages.prepare(config, str(tmp_path / "run"))
+  unlabelled = data_lib.read(os.path.join(prepared.student.data_dir, data_lib.UNLABELLED))
+  assert [r.video_id for r in unlabelled] == ["b", os.path.join("trip", "a")]
+  assert unlabelled[0].path == str(mine / "b.MP4") and not unlabelled[0].captions
+  train = [r for r in layouts.read_generic(os.path.join(root, "annotations.jsonl")) if r.split == "train"]
+  assert len(data_lib.read(os.path.join(prepared.student.data_dir, data_lib.LABELLED))) == len(train)
+  clash = _config(root)
+  clash.student.unlabelled = os.path.join(root, "annotations.jsonl")  # the dataset's own clips
+  with pytest.raises(ValueError, match="also in data.train_split"):
+    stages.prepare(clash, str(tmp_path / "clash"))
+
+  real = config_lib.load_config_file(os.path.join(ROOT, "configs", "distill", "msrvtt.py"))
+  with real.unlocked():
+    real.student.data_dir, real.data.root = str(tmp_path / "d"), str(tmp_path)
+  from t5video.recipes.distill.task import teacher_stages
+  listed = teacher_stages(real, "/runs/x")
+  assert [s["name"] for s in listed] == ["teacher_visual", "teacher_language"]
+  visual, language = (stages.stage_config(s) for s in listed)
+  assert (visual.train.batch_size, language.train.batch_size) == (64, 256)
+  assert visual.optim.name == language.optim.name == "adafactor" and language.tasks.qa > 0 == visual.tasks.qa
+  assert language.init_from.path == "/runs/x/teacher_visual" and language.model.t5_init.endswith("flan-t5-base")
+  for c in (visual, language):
+    config_lib.validate(c)
+
+
 def test_video_qa_pairs_and_the_teachers_qa_task(prepared, teacher):
   """QA pairs about the rendered events go with the labelled clips (not the unlabelled ones), and
   CaptionT5's 'qa' task reads the question and writes the answer."""

@@ -35,7 +35,8 @@ ORDERS = ("vl", "lv", "joint")
 VISUAL_PARAMS = r"^(clip|temporal|visual_projection|visual_norm)/"
 LANGUAGE_PARAMS = r"^t5/"
 
-OPEN_SECTIONS = vificlip_config.OPEN_SECTIONS + ("teacher.overrides",)
+OPEN_SECTIONS = vificlip_config.OPEN_SECTIONS + ("teacher.overrides", "teacher.visual_overrides",
+                                                  "teacher.language_overrides")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -50,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
       labelled_fraction=0.1,        # the labelled share of data.train_split (seeded); the rest is
                                     # the unlabelled set (its captions, labels and tags dropped)
       split_seed=0,                 # the seed of that division (fixed across training seeds)
+      unlabelled="",                # '' = the rest of data.train_split; else the unlabelled videos: a
+                                    # generic-layout annotation file (.jsonl/.csv) or a folder of videos
       data_dir="",                  # where the division is written ('' = <workdir>/data)
   ))
   c.teacher = ml_collections.ConfigDict(dict(
@@ -60,7 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
       language_steps=0,             # steps of the language adaptation stage (0: the config's)
       qa_weight=0.5,                # weight of the 'qa' task (video QA as text) in language adaptation
                                     # (and in a joint stage); visual adaptation trains captions only
-      overrides={},                 # more overrides of the teacher's config (nested dicts)
+      overrides={},                 # more overrides of the teacher's config (nested dicts), every stage
+      visual_overrides={},          # ... of the visual adaptation stage only
+      language_overrides={},        # ... of the language adaptation (or joint) stage only
   ))
   c.pseudo = ml_collections.ConfigDict(dict(
       dir="",                       # a pseudo-labelled dataset; '' = <workdir>/pseudo_label, made here

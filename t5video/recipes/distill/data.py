@@ -2,7 +2,9 @@
 student's training records.
 
 The training split of ``data`` is divided once (``student.labelled_fraction``,
-seeded by ``student.split_seed``) and written as generic-layout JSONL files into
+seeded by ``student.split_seed``; with ``student.unlabelled`` the unlabelled set
+is instead the user's own videos, a folder or an annotation file, and the
+labelled set that fraction of the training split) and written as generic-layout JSONL files into
 ``student.data_dir`` (default ``<workdir>/data``), which the teacher, the
 pseudo-labelling stage and the student all read:
 
@@ -142,7 +144,14 @@ def divide(config: ml_collections.ConfigDict, records_fn, out_dir: str) -> dict[
   train = list(records_fn(d.train_split, False))
   labelled = fraction_subset(train, float(s.labelled_fraction), int(s.split_seed))
   chosen = {r.video_id for r in labelled}
-  unlabelled = [r for r in train if r.video_id not in chosen]
+  if s.unlabelled:  # the user's own unlabelled videos
+    unlabelled = read_unlabelled(s.unlabelled)
+    clash = sorted({r.video_id for r in unlabelled} & {r.video_id for r in train})[:3]
+    if clash:
+      raise ValueError(f"student.unlabelled={s.unlabelled!r}: clip ids also in data.train_split, e.g. {clash}")
+    train = labelled + unlabelled
+  else:
+    unlabelled = [r for r in train if r.video_id not in chosen]
   others = [r for split in synthetic.SPLITS if split != d.train_split
             for r in records_fn(split, True)]
   seed = int(s.split_seed)
@@ -163,6 +172,30 @@ def divide(config: ml_collections.ConfigDict, records_fn, out_dir: str) -> dict[
             "split_seed": seed}
   paths.write_text(counts_path, json.dumps(counts, indent=2))
   return counts
+
+
+def read_unlabelled(path: str) -> list[VideoRecord]:
+  """The unlabelled videos of ``student.unlabelled``: a generic-layout annotation file (every
+  row, whatever its split), or a folder (every video file below it, sorted; the id is its path
+  relative to the folder without the extension)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(path):
+    found = []
+    for d, _, names in os.walk(path):
+      for n in names:
+        if n.lower().endswith(layouts.VIDEO_EXTENSIONS):
+          full = os.path.join(d, n)
+          found.append(VideoRecord(video_id=os.path.splitext(os.path.relpath(full, path))[0], path=full))
+    records = sorted(found, key=lambda r: r.video_id)
+  elif os.path.isfile(path):
+    records = layouts.read_generic(path)
+  else:
+    raise FileNotFoundError(f"student.unlabelled={path!r}: neither an annotation file nor a folder")
+  if not records:
+    raise ValueError(f"student.unlabelled={path!r}: no videos")
+  for r in records:
+    r.split = "train"
+  return records
 
 
 def read(path: str, split: Optional[str] = "train") -> list[VideoRecord]:

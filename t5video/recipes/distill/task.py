@@ -59,21 +59,24 @@ def teacher_stages(config: ml_collections.ConfigDict, workdir: str) -> list[dict
   qa_w = float(t.qa_weight)
   language_tasks = {k: (qa_w if k == "qa" else float(v) * (1.0 - qa_w)) for k, v in {**base_tasks, "qa": 0}.items()}
   visual_tasks = {k: (1.0 if k == "caption" else 0.0) for k in language_tasks}
-  halves = {"v": ("visual", cfg.VISUAL_PARAMS, int(t.visual_steps), visual_tasks),
-            "l": ("language", cfg.LANGUAGE_PARAMS, int(t.language_steps), language_tasks)}
+  visual, language = vificlip_config.as_dict(t.visual_overrides), vificlip_config.as_dict(t.language_overrides)
+  halves = {"v": ("visual", cfg.VISUAL_PARAMS, int(t.visual_steps), visual_tasks, visual),
+            "l": ("language", cfg.LANGUAGE_PARAMS, int(t.language_steps), language_tasks, language)}
   if t.order == "joint":
-    plan = [("joint", "", int(t.visual_steps) + int(t.language_steps), language_tasks)]
+    plan = [("joint", "", int(t.visual_steps) + int(t.language_steps), language_tasks, language)]
   else:
     plan = [halves[h] for h in t.order]
   out, previous = [], ""
-  for name, trainable, steps, tasks in plan:
+  for name, trainable, steps, tasks, own in plan:
     overrides = _deep_merge(common, vificlip_config.as_dict(t.overrides))
     overrides = _deep_merge(overrides, {"optim": {"trainable": trainable}, "tasks": tasks})
+    overrides = _deep_merge(overrides, own)
     if steps:
       overrides = _deep_merge(overrides, {"train": {"num_steps": steps}})
     if previous:
-      overrides = _deep_merge(overrides, {"init_from": {"path": previous, "regex": ".*"},
-                                          "model": {"clip_init": "", "t5_init": ""}})
+      # Every param from the previous stage (HF weights, when the config names them, load first
+      # and give the sizes and the tokenizer; the checkpoint then replaces them).
+      overrides = _deep_merge(overrides, {"init_from": {"path": previous, "regex": ".*"}})
     stage_dir = f"{TEACHER_DIR}_{name}"
     out.append({"name": stage_dir, "config": t.config, "workdir": stage_dir, "overrides": overrides})
     previous = os.path.join(workdir, stage_dir)
