@@ -116,9 +116,10 @@ def test_division_alt_text_and_stage_list(root, prepared):
     config_lib.validate(bad)
 
 
-def test_unlabelled_videos_of_ones_own_and_the_real_data_config(root, tmp_path):
+def test_unlabelled_videos_of_ones_own_and_the_real_data_config(root, tmp_path, monkeypatch):
   """``student.unlabelled``: a folder of the user's videos is the unlabelled set, the whole training
-  split the labelled one; configs/distill/msrvtt.py lists V->L teacher stages on real checkpoints."""
+  split the labelled one; stand-ins set both models' starting points; configs/distill/msrvtt.py
+  lists V->L teacher stages on real checkpoints."""
   import shutil
   mine = tmp_path / "my_videos"
   (mine / "trip").mkdir(parents=True)
@@ -138,6 +139,31 @@ def test_unlabelled_videos_of_ones_own_and_the_real_data_config(root, tmp_path):
   clash.student.unlabelled = os.path.join(root, "annotations.jsonl")  # the dataset's own clips
   with pytest.raises(ValueError, match="also in data.train_split"):
     stages.prepare(clash, str(tmp_path / "clash"))
+
+  # Stand-ins (a finished directory here; `t5video standins` builds one): the student takes the CLIP's
+  # sizes, tokenizer and weights, the teacher stages its CLIP and T5 directories.
+  standins = tmp_path / "standins"
+  for part in ("clip", "t5"):
+    (standins / part).mkdir(parents=True)
+  (standins / "t5" / "config.json").write_text("{}")
+  (standins / "clip" / "config.json").write_text(json.dumps({
+      "model_type": "clip", "projection_dim": 24,
+      "vision_config": {"hidden_size": 40, "intermediate_size": 80, "num_hidden_layers": 1,
+                        "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+      "text_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                      "max_position_embeddings": 20, "vocab_size": 300, "eos_token_id": 2}}))
+  with_standins = _config(root)
+  with_standins.standins.dir = str(standins)
+  with_standins.model.tokenizer = "/not/used.model"
+  from t5video.recipes.distill import task as task_lib
+  # The student's assets need a loadable tokenizer; only the resolved config is looked at here.
+  monkeypatch.setattr(task_lib.ViFiCLIPTask, "prepare", classmethod(lambda cls, config, workdir: config))
+  resolved = task_lib.DistillTask.prepare(with_standins, str(tmp_path / "with_standins"))
+  assert resolved.model.vision.hidden_size == 40 and resolved.model.text.vocab_size == 300
+  assert resolved.model.projection_dim == 24 and resolved.model.text_len == 20
+  assert resolved.model.tokenizer == resolved.init_from.path == str(standins / "clip")
+  assert resolved.stages[0]["overrides"]["model"]["clip_init"] == str(standins / "clip")
+  assert resolved.stages[0]["overrides"]["model"]["t5_init"] == str(standins / "t5")
 
   real = config_lib.load_config_file(os.path.join(ROOT, "configs", "distill", "msrvtt.py"))
   with real.unlocked():
@@ -369,19 +395,26 @@ def test_pseudo_labels_resume_to_the_same_captions_and_load_as_a_dataset(prepare
 
 @pytest.mark.long
 @pytest.mark.slow
-def test_the_whole_pipeline_through_the_stage_driver(root, tmp_path):
-  """``t5video train --config configs/distill/synthetic.py:tiny``: teacher, pseudo-labels, student,
-  evaluation; run again, everything is done and nothing reruns."""
+def test_the_whole_pipeline_through_the_stage_driver(root, tmp_path, monkeypatch):
+  """``t5video train --config configs/distill/synthetic.py:tiny,order=vl`` from tiny stand-ins:
+  the teacher's visual then language adaptation, pseudo-labels, the student, its evaluation; run
+  again, everything is done and nothing reruns."""
   from t5video import cli
+  monkeypatch.setenv("T5VIDEO_STANDINS_CACHE", str(tmp_path / "standins_cache"))
   workdir = str(tmp_path / "run")
-  argv = ["train", "--config", f"{CONFIG}:tiny", "--workdir", workdir, f"--config.data.root={root}",
-          "--config.data.synthetic.num_videos=0"]
+  argv = ["train", "--config", f"{CONFIG}:tiny,order=vl", "--workdir", workdir, f"--config.data.root={root}",
+          "--config.data.synthetic.num_videos=0", f"--config.standins.dir={tmp_path / 'standins'}",
+          "--config.standins.config=configs/standins/default.py:tiny"]
   assert cli.main(argv) == 0
   final = json.load(open(os.path.join(workdir, "final_metrics.json")))["eval"]
   for key in ("t2v_R@1", "t2v_R@5", "t2v_R@10", "v2t_R@1", "zeroshot_top1", "control_other_frames_t2v_R@1",
-              "baseline_chance_t2v_R@1", "teacher_CIDEr", "pseudo_clips_per_s"):
+              "baseline_chance_t2v_R@1", "teacher_CIDEr", "teacher_qa_accuracy", "pseudo_clips_per_s"):
     assert key in final and np.isfinite(final[key]), key
-  for sub in ("teacher_joint", "pseudo_label"):
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert saved["init_from"]["path"] == str(tmp_path / "standins" / "clip")
+  language = json.load(open(os.path.join(workdir, "teacher_language", "config.json")))
+  assert language["optim"]["trainable"] == "^t5/" and language["model"]["t5_init"].endswith("t5")
+  for sub in ("teacher_visual", "teacher_language", "pseudo_label"):
     assert os.path.isfile(os.path.join(workdir, sub, "final_metrics.json"))
   stamp = os.path.getmtime(os.path.join(workdir, "pseudo_label", "annotations.jsonl"))
   assert cli.main(argv) == 0

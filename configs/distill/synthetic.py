@@ -12,19 +12,24 @@ The stages, each in its own sub-workdir, resumed at the first unfinished one:
   t5video train --config configs/distill/synthetic.py:mixed --workdir runs/distill_mixed
   t5video train --config configs/distill/synthetic.py:pseudo,seed=1 --workdir runs/distill_pseudo_s1
 
-1. ``teacher_*``: a small CaptionT5 (configs/captiont5/synthetic.py:noclip, from scratch) trained on
-   the labelled clips; ``order=vl`` / ``order=lv`` split it into visual then language adaptation (or
-   the reverse), each half of the params frozen in turn (meaningful from pretrained weights);
+0. the project's stand-ins for a pretrained CLIP and T5 (t5video standins, docs/standins.md) are
+   built into data_cache/standins on first use (a few minutes, cached), the starting point of both
+   models through the Hugging Face directory path, as a real checkpoint would be;
+1. ``teacher_visual`` then ``teacher_language``: CaptionT5 (configs/captiont5/synthetic.py:noclip
+   with the stand-in CLIP and T5) adapted in the paper's V->L order on the labelled clips: visual
+   adaptation (T5 frozen) on captions, then language adaptation (vision frozen) on captions and video
+   QA about the rendered events (t5video.data.qa); ``order=lv`` reverses it, ``order=joint`` is one stage;
 2. ``pseudo_label``: 4 nucleus-sampled captions (top-p 0.9) per unlabelled clip;
-3. the student: ViFi-CLIP's space-time dual encoder (2-layer towers, 64 wide, 4 frames of 64x64)
-   trained from scratch with InfoNCE on ``student.sources``;
+3. the student: ViFi-CLIP's space-time dual encoder from the stand-in CLIP (its towers, a new
+   temporal position embedding, 4 frames of 64x64) trained with InfoNCE on ``student.sources``;
 4. zero-shot retrieval (t2v / v2t R@1/5/10, median rank) and zero-shot classification on the test
    clips, beside chance and the other-clip's-frames control (``,textonly`` adds the text-only one).
 
 Variants (comma-separated): ``pseudo`` (the default: pseudo-captions only), ``labelled_only``
 (the labelled captions only), ``alt_text`` (every training clip's alt-text), ``mixed`` (pseudo-captions
-and the labelled captions), ``order=vl|lv|joint``, ``seed=N``, ``textonly``, ``tiny`` (a smoke test:
-everything shrunk, about a minute).
+and the labelled captions), ``order=vl|lv|joint``, ``seed=N``, ``textonly``, ``scratch`` (no
+stand-ins: both models from scratch, the 2-layer 64-wide student below, one joint teacher stage),
+``tiny`` (a smoke test from scratch: everything shrunk, a couple of minutes).
 
 Hardware: one CPU (2 cores): rendering takes about a minute, the teacher a few minutes, the
 pseudo-labels a few clips per second, the student several minutes. Nothing is downloaded.
@@ -43,11 +48,12 @@ VARIANTS = {"pseudo": ("pseudo",), "labelled_only": ("labelled",), "alt_text": (
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = dict(a.split("=", 1) if "=" in a else (a, "") for a in (arg or "pseudo").split(",") if a)
   variants = [a for a in args if a in VARIANTS]
-  unknown = set(args) - set(VARIANTS) - {"tiny", "textonly", "order", "seed"}
+  unknown = set(args) - set(VARIANTS) - {"tiny", "textonly", "order", "seed", "scratch"}
   if len(variants) > 1 or unknown:
     raise ValueError(f"configs/distill/synthetic.py: arg is one of {sorted(VARIANTS)} with optional "
-                     f"tiny, textonly, order=vl|lv|joint, seed=N; got {arg!r}")
+                     f"tiny, scratch, textonly, order=vl|lv|joint, seed=N; got {arg!r}")
   tiny = "tiny" in args
+  scratch = tiny or "scratch" in args  # else both models start from the stand-ins
 
   c = distill.base_config()
   c.seed = int(args.get("seed") or 0)
@@ -60,14 +66,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.max_to_keep = 1
   c.train.best_metric = ""
   c.optim.name = "adamw"              # the paper's student: AdamW (0.9, 0.999), weight decay 0.01
-  c.optim.learning_rate = 2e-3
+  c.optim.learning_rate = 2e-3 if scratch else 5e-4  # lower from pretrained towers
   c.optim.schedule = "cosine"
   c.optim.warmup_steps = 4 if tiny else 100
   c.optim.weight_decay = 0.01
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
 
-  # The student: a space-time dual encoder (the paper's: a joint space-time ViT, 4 frames).
+  # The student: a space-time dual encoder (the paper's: a joint space-time ViT, 4 frames). From the
+  # stand-ins, the tower sizes and the tokenizer are the stand-in CLIP's (set when the run is prepared).
   c.model.variant = "tiny"
   c.model.vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                         image_size=64, patch_size=16, projection_dim=64)
@@ -99,7 +106,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.labelled_fraction = 0.25 if tiny else 0.1
 
   c.teacher.config = "configs/captiont5/synthetic.py:noclip"
-  c.teacher.order = args.get("order") or "joint"
+  # V->L (the paper's order) adapts a pretrained captioner: from the stand-ins; from scratch one stage.
+  c.teacher.order = args.get("order") or ("joint" if scratch else "vl")
+  if not scratch:
+    c.standins.dir = "data_cache/standins"  # built there on first use (`t5video standins`), cached
   c.teacher.visual_steps = 8 if tiny else 600
   c.teacher.language_steps = 8 if tiny else 600
   # The teacher at the student's data scale: no draft (a second decoding pass per clip), its own

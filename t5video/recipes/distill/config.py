@@ -54,6 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
       unlabelled="",                # '' = the rest of data.train_split; else the unlabelled videos: a
                                     # generic-layout annotation file (.jsonl/.csv) or a folder of videos
       data_dir="",                  # where the division is written ('' = <workdir>/data)
+      clip_init="",                 # an HF CLIP directory the student starts from: its sizes, its
+                                    # tokenizer and both towers' weights ('' = from scratch)
   ))
   c.teacher = ml_collections.ConfigDict(dict(
       workdir="",                   # a finished CaptionT5 workdir; '' = trained here, in stages
@@ -67,6 +69,10 @@ def base_config() -> ml_collections.ConfigDict:
       visual_overrides={},          # ... of the visual adaptation stage only
       language_overrides={},        # ... of the language adaptation (or joint) stage only
   ))
+  # The project's stand-ins for pretrained CLIP and T5 (t5video.recipes.standins): with ``dir`` set,
+  # they are built there (from ``config``, cached) if absent, and the student starts from
+  # <dir>/clip, the teacher from <dir>/clip and <dir>/t5, through the HF-directory path.
+  c.standins = ml_collections.ConfigDict(dict(dir="", config="configs/standins/default.py"))
   c.pseudo = ml_collections.ConfigDict(dict(
       dir="",                       # a pseudo-labelled dataset; '' = <workdir>/pseudo_label, made here
       num_captions=4,               # K nucleus-sampled captions per clip

@@ -93,6 +93,44 @@ def _deep_merge(a: dict, b: dict) -> dict:
   return out
 
 
+def ensure_standins(standins: ml_collections.ConfigDict) -> str:
+  """``standins.dir`` (absolute), holding the stand-ins' ``clip/`` and ``t5/`` (built from
+  ``standins.config`` and copied there when absent; the build is cached)."""
+  out = os.path.abspath(standins.dir)
+  if all(os.path.isfile(os.path.join(out, p, "config.json")) for p in ("clip", "t5")):
+    return out
+  from t5video.recipes import standins as standins_lib  # pylint: disable=g-import-not-at-top
+  print(f"building the stand-ins ({standins.config}) for {out}", flush=True)
+  return standins_lib.write_out(standins_lib.build(config_lib.load_config_file(standins.config)), out)
+
+
+# The CLIP config fields a student copies from an HF directory (not dtype, remat, LoRA).
+_NOT_SIZES = ("dtype", "param_dtype", "remat", "lora")
+
+
+def student_from_hf(config: ml_collections.ConfigDict, clip_dir: str) -> None:
+  """Points the student at the HF CLIP in ``clip_dir``: its tower sizes, its tokenizer, its
+  weights (``init_from``), in place."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from t5video.models import clip as clip_lib  # pylint: disable=g-import-not-at-top
+  from t5video.models import hf  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(os.path.join(clip_dir, "config.json")):
+    raise FileNotFoundError(f"student.clip_init={clip_dir!r}: not a Hugging Face CLIP directory (no config.json)")
+  hf_config = hf.read_hf_config(clip_dir)
+  for key, cls in (("vision", clip_lib.CLIPVisionConfig), ("text", clip_lib.CLIPTextConfig)):
+    tower = cls.from_hf(hf_config)
+    config.model[key] = {f.name: getattr(tower, f.name) for f in dataclasses.fields(tower)
+                         if f.name not in _NOT_SIZES}
+  config.model.projection_dim = int(hf_config.get("projection_dim", config.model.projection_dim))
+  config.model.tokenizer = clip_dir
+  config.model.text_len = min(int(config.model.text_len), int(config.model.text.max_position_embeddings))
+  if not config.init_from.path:
+    config.init_from.path, config.init_from.regex = clip_dir, ".*"
+  if int(config.data.size) != int(config.model.vision.image_size):
+    print(f"student: frames of {config.data.size}px into a CLIP trained on {config.model.vision.image_size}px "
+          "(position embeddings interpolated)", flush=True)
+
+
 class DistillTask(ViFiCLIPTask):
   """The student of the distillation recipe (see the module docstring)."""
 
@@ -116,6 +154,16 @@ class DistillTask(ViFiCLIPTask):
     with config.unlocked():
       config.data.root = os.path.abspath(config.data.root) if config.data.root else ""
       s.data_dir = os.path.abspath(s.data_dir) if s.data_dir else os.path.join(workdir, "data")
+      if config.standins.dir:
+        standins_dir = ensure_standins(config.standins)
+        config.standins.dir = standins_dir
+        s.clip_init = s.clip_init or os.path.join(standins_dir, "clip")
+        model = vificlip_config.as_dict(vificlip_config.as_dict(t.overrides).get("model"))
+        t.overrides = _deep_merge(vificlip_config.as_dict(t.overrides), {"model": {
+            "clip_init": model.get("clip_init") or os.path.join(standins_dir, "clip"),
+            "t5_init": model.get("t5_init") or os.path.join(standins_dir, "t5")}})
+      if s.clip_init:
+        student_from_hf(config, os.path.abspath(s.clip_init))
       if not config.model.tokenizer:
         config.model.tokenizer = os.path.join(workdir, "assets", "student_spiece.model")
       needs_pseudo = "pseudo" in s.sources
