@@ -358,6 +358,10 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
       _, t5_params = hf.load_hf(m.t5_init)
       params = merge_subtree(params, "t5", t5_params, m.t5_init)
     if init_from.path:
+      if vifi_dir or m.clip_init or m.t5_init:
+        # The merged leaves sit on one device; as host arrays they go wherever the rest is placed
+        # (load_params_by_regex would otherwise pin the checkpoint's values to that one device).
+        params = jax.device_get(params)
       params = super().load_pretrained(params, init_from)
     return params
 
