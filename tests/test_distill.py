@@ -416,6 +416,11 @@ def test_the_whole_pipeline_through_the_stage_driver(root, tmp_path, monkeypatch
   assert language["optim"]["trainable"] == "^t5/" and language["model"]["t5_init"].endswith("t5")
   for sub in ("teacher_visual", "teacher_language", "pseudo_label"):
     assert os.path.isfile(os.path.join(workdir, sub, "final_metrics.json"))
+  # `t5video eval` needs only the workdir and reproduces the run's own evaluation.
+  task, params = cli.restore_task(cli.load_run_config(workdir), workdir)
+  again = task.evaluate(params, step=-1, workdir=workdir)
+  assert again["t2v_R@1"] == final["t2v_R@1"] and again["zeroshot_top1"] == final["zeroshot_top1"]
+  assert cli.main(["eval", "--workdir", workdir]) == 0
   stamp = os.path.getmtime(os.path.join(workdir, "pseudo_label", "annotations.jsonl"))
   assert cli.main(argv) == 0
   assert os.path.getmtime(os.path.join(workdir, "pseudo_label", "annotations.jsonl")) == stamp
