@@ -353,6 +353,16 @@ def test_pseudo_labels_resume_to_the_same_captions_and_load_as_a_dataset(prepare
   assert manifest["throughput"]["clips_per_s"] > 0
   assert json.load(open(os.path.join(straight, stages.DONE)))["eval"]["pseudo_clips"] == len(unlabelled)
 
+  # The command line labels a file of clips; a clip's captions do not depend on its batch-mates.
+  cli_out = str(tmp_path / "cli")
+  assert pseudo_label.main(["--teacher", config.teacher.workdir, "--videos",
+                            os.path.join(config.student.data_dir, data_lib.UNLABELLED), "--out", cli_out,
+                            "--num-captions", str(k), "--top-p", str(config.pseudo.top_p), "--batch-size", "8",
+                            "--chunk-size", "8", "--max-clips", "5"]) == 0
+  by_id = {r.video_id: r.captions for r in records}
+  cli_records = layouts.read_dataset("generic", cli_out, "train")
+  assert len(cli_records) == 5 and all(r.captions == by_id[r.video_id] for r in cli_records)
+
   # Another seed draws other captions; a folder started with other settings is refused.
   other = ml_collections.ConfigDict(config.to_dict())
   other.pseudo.seed = 1
