@@ -353,6 +353,24 @@ def test_pseudo_labels_resume_to_the_same_captions_and_load_as_a_dataset(prepare
   assert manifest["throughput"]["clips_per_s"] > 0
   assert json.load(open(os.path.join(straight, stages.DONE)))["eval"]["pseudo_clips"] == len(unlabelled)
 
+  # Two hosts (simulated one after the other, barriers off): each labels its chunks, host 0 merges
+  # them into the same dataset.
+  sharded = str(tmp_path / "sharded")
+  monkeypatch.setattr(pseudo_label, "_barrier", lambda name: None)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  with pytest.raises(FileNotFoundError):  # host 1 reads host 0's manifest after the last barrier
+    pseudo_label.run_stage(config, sharded)
+  n_chunks = -(-len(unlabelled) // int(config.pseudo.chunk_size))
+  assert sorted(p for p in os.listdir(os.path.join(sharded, "parts")) if p.startswith("part-")) == [
+      f"part-{i:05d}.jsonl" for i in range(1, n_chunks, 2)]
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  pseudo_label.run_stage(config, sharded)
+  assert open(os.path.join(sharded, "annotations.jsonl")).read() == a
+  assert json.load(open(os.path.join(sharded, "manifest.json")))["throughput"]["processes"] == 2
+  monkeypatch.undo()
+  monkeypatch.setattr(pseudo_label, "restore_teacher", lambda wd: teacher)
+
   # The command line labels a file of clips; a clip's captions do not depend on its batch-mates.
   cli_out = str(tmp_path / "cli")
   assert pseudo_label.main(["--teacher", config.teacher.workdir, "--videos",

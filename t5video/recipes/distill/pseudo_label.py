@@ -190,8 +190,8 @@ def label(task, params, records: Sequence[VideoRecord], out_dir: str, *, teacher
   plan = _plan(records, settings, chunk_size)
   parts_dir = os.path.join(out_dir, PARTS)
   plan_path = os.path.join(out_dir, "plan.json")
+  os.makedirs(parts_dir, exist_ok=True)  # every process (a host's own disk needs it too)
   if jax.process_index() == 0:
-    os.makedirs(parts_dir, exist_ok=True)
     if os.path.isfile(plan_path):
       old = json.loads(paths.read_text(plan_path))
       if old != plan:
