@@ -198,8 +198,12 @@ def test_video_qa_pairs_and_the_teachers_qa_task(prepared, teacher):
   assert qa_lib.synthetic_pairs(two.extra["attributes"], two.video_id) == qa_lib.synthetic_pairs(
       two.extra["attributes"], two.video_id)
   assert qa_lib.is_correct("The shrinks.", {"answer": "shrinks"}) and not qa_lib.is_correct(first, after)
-  assert qa_lib.accuracy([{"type": "count", "correct": True}, {"type": "temporal", "correct": False}]) == {
-      "qa_accuracy": 0.5, "qa_count": 2.0, "qa_accuracy_count": 1.0, "qa_accuracy_temporal": 0.0}
+  acc = qa_lib.accuracy([{"type": "counting", "correct": True}, {"type": "temporal", "correct": False}])
+  assert acc == {"qa_accuracy": 0.5, "qa_count": 2.0, "qa_accuracy_counting": 1.0, "qa_accuracy_temporal": 0.0}
+  from t5video.evaluate import controls
+  assert set(controls.prefixed("other_frames", acc)) == {  # every per-type accuracy has its control
+      "control_other_frames_qa_accuracy", "control_other_frames_qa_accuracy_counting",
+      "control_other_frames_qa_accuracy_temporal"}
   with pytest.raises(ValueError, match="choices"):
     qa_lib.check_pairs([{"question": "q?", "answer": "a", "choices": ["b"]}], "x")
 

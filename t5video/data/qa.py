@@ -5,7 +5,7 @@ Layout: a record's QA pairs are the generic layout's ``qa`` key (a row's extra
 field, :func:`t5video.data.layouts.read_generic`), a list of::
 
   {"question": "what does the star do after it grows?", "answer": "shrinks",
-   "type": "temporal",                       # optional: temporal, causal, count, descriptive, ...
+   "type": "temporal",                       # optional: temporal, causal, counting, descriptive, ...
    "choices": ["shrinks", "spins", ...]}     # optional: multiple choice (NExT-QA's a0..a4)
 
 Open-ended pairs have no ``choices``. NExT-QA's CSV (``video, question, answer,
@@ -38,7 +38,8 @@ import numpy as np
 
 PROMPT = "question:"
 OPTIONS = "options:"
-TYPES = ("action", "temporal", "count", "descriptive", "multiple_choice")
+# (Not "count": metric keys ending in "count" are counts, not metrics; t5video.evaluate.controls.)
+TYPES = ("action", "temporal", "counting", "descriptive", "multiple_choice")
 _NUMBERS = ("zero", "one", "two", "three", "four")
 
 
@@ -99,7 +100,7 @@ def synthetic_pairs(attributes: Optional[dict], video_id: str, seed: int = 0) ->
   shape, colour, actions = attributes["shape"], attributes["colour"], list(attributes["actions"])
   thing = f"the {shape}"
   pairs = [{"question": f"what does {thing} do?", "answer": " then ".join(actions), "type": "action"},
-           {"question": f"how many things happen to {thing}?", "answer": _NUMBERS[len(actions)], "type": "count"},
+           {"question": f"how many things happen to {thing}?", "answer": _NUMBERS[len(actions)], "type": "counting"},
            {"question": f"which object {actions[0]}?", "answer": f"{colour} {shape}", "type": "descriptive"}]
   if len(actions) == 2:
     first, second = actions
