@@ -108,6 +108,10 @@ def test_division_alt_text_and_stage_list(root, prepared):
   assert l["init_from"]["path"] == os.path.join(workdir, "vl", "teacher_visual")
   lv = stages.prepare(_config(root, "tiny,order=lv"), os.path.join(workdir, "lv"))
   assert [s["name"] for s in lv.stages][:2] == ["teacher_language", "teacher_visual"]
+  with pytest.raises(FileNotFoundError, match="not a finished pseudo-labelled dataset"):
+    bad_dir = _config(root, "tiny,mixed")
+    bad_dir.pseudo.dir = os.path.join(workdir, "nowhere")
+    stages.prepare(bad_dir, os.path.join(workdir, "nodir"))
   # Sources without pseudo-captions need no teacher.
   assert not stages.prepare(_config(root, "tiny,labelled_only"), os.path.join(workdir, "lab")).stages
   with pytest.raises(ValueError, match="student.sources"):

@@ -182,6 +182,9 @@ class DistillTask(ViFiCLIPTask):
                        "overrides": {"stages": ()}})
       elif p.dir:
         p.dir = os.path.abspath(p.dir)
+        if needs_pseudo and not os.path.isfile(os.path.join(p.dir, data_lib.PSEUDO)):
+          raise FileNotFoundError(f"pseudo.dir={p.dir!r} holds no {data_lib.PSEUDO}: not a finished "
+                                  "pseudo-labelled dataset (leave pseudo.dir empty to make one here)")
       if "text_only" in config.eval.controls and not any(
           dict(x).get("name") == controls.TEXT_ONLY_STAGE for x in stages):
         stages.append(controls.text_only_stage())
