@@ -27,7 +27,7 @@ def get_config(arg=None):
   c.data.size = 224
   c.data.worker_count = 16
   c.data.balance = "class_balanced"
-  c.tasks = dict(caption=0.0, classify=1.0, tags=0.0)
+  c.tasks = dict(caption=0.0, classify=1.0, tags=0.0, qa=0.0)
   c.thoughts.sources = ()
   c.text.max_input_len = 16
   c.text.max_target_len = 16

@@ -35,7 +35,7 @@ def get_config(arg=None):
   c.data.num_frames = 12
   c.data.size = 224
   c.data.worker_count = 8
-  c.tasks = dict(caption=1.0, classify=0.0, tags=0.0)
+  c.tasks = dict(caption=1.0, classify=0.0, tags=0.0, qa=0.0)
   c.thoughts.sources = ()
   c.text.max_input_len = 48
   c.text.max_target_len = 32

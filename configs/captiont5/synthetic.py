@@ -50,7 +50,7 @@ def get_config(arg=None):
   c.data.num_frames = 8
   c.data.size = 64
   c.data.cache_frames = True
-  c.tasks = dict(caption=0.5, classify=0.25, tags=0.25)
+  c.tasks = dict(caption=0.5, classify=0.25, tags=0.25, qa=0.0)
   c.text.max_input_len = 128  # task prompt + thoughts (concepts, metadata, subtitle, draft)
   c.text.max_target_len = 32
   c.thoughts.sources = ("metadata", "subtitle", "draft")

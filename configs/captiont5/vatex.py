@@ -25,7 +25,7 @@ def get_config(arg=None):
   c.data.num_frames = 12
   c.data.size = 224
   c.data.worker_count = 8
-  c.tasks = dict(caption=1.0, classify=0.0, tags=0.0)
+  c.tasks = dict(caption=1.0, classify=0.0, tags=0.0, qa=0.0)
   c.thoughts.sources = ()
   captiont5.hf_recipe(c, "clip-vit-base-patch16", "flan-t5-base")
   c.model.temporal = dict(kind="transformer", num_layers=2, num_heads=12)

@@ -341,10 +341,16 @@ def sample(step_fn: StepFn, cache: Any, rng: jax.Array, *, batch_size: int, num_
   nucleus (:func:`top_p_filter`) and sampled. The key for step ``i`` is
   ``jax.random.fold_in(rng, i)``, so a fixed ``rng`` gives the same samples.
 
+  With one key per row (``rng`` of shape ``[B, 2]``, raw ``PRNGKey``s), sample
+  ``s`` of row ``b`` draws step ``i`` with ``fold_in(fold_in(rng[b], s), i)``:
+  a row's samples then depend on its own key alone, not on the other rows of
+  the batch or its position in it (pseudo-labelling keys each clip by its id,
+  so a restarted or re-sharded job draws the same captions).
+
   Args:
     step_fn: see the module docstring; it runs at batch ``B * num_samples``.
     cache: the initial cache at batch ``batch_size``; expanded here.
-    rng: a PRNG key.
+    rng: a PRNG key (shape ``[2]``), or one per row (``[B, 2]``).
     batch_size: B.
     num_samples: sequences drawn per row.
     max_len: the number of tokens to generate at most.
@@ -366,8 +372,21 @@ def sample(step_fn: StepFn, cache: Any, rng: jax.Array, *, batch_size: int, num_
     raise ValueError(f"temperature must be > 0 (use greedy_search for 0), got {temperature}")
   _check_cache(cache, batch_size)
   rows = batch_size * num_samples
+  per_row = jnp.ndim(rng) == 2
+  if per_row:
+    if jnp.shape(rng)[0] != batch_size:
+      raise ValueError(f"per-row keys: rng has shape {jnp.shape(rng)}, want ({batch_size}, 2)")
+    # [B, 2] -> [B * S, 2]: row b * S + s (expand_batch's order) takes fold_in(rng[b], s).
+    row_keys = jax.vmap(jax.random.fold_in)(
+        jnp.repeat(rng, num_samples, axis=0), jnp.tile(jnp.arange(num_samples), batch_size))
   cache = expand_batch(cache, num_samples)
   _check_step_fn(step_fn, cache, rows)
+
+  def draw(i, filtered):  # [R, V] -> [R]
+    if per_row:
+      return jax.vmap(lambda k, l: jax.random.categorical(jax.random.fold_in(k, i), l))(
+          row_keys, filtered)
+    return jax.random.categorical(jax.random.fold_in(rng, i), filtered, axis=-1)
 
   def cond(state):
     i, _, _, _, finished, _ = state
@@ -379,7 +398,7 @@ def sample(step_fn: StepFn, cache: Any, rng: jax.Array, *, batch_size: int, num_
     logits = logits.astype(jnp.float32)
     model_lp = jax.nn.log_softmax(logits, axis=-1)  # [R, V]
     filtered = top_p_filter(logits / temperature, top_p)
-    next_ids = jax.random.categorical(jax.random.fold_in(rng, i), filtered, axis=-1)
+    next_ids = draw(i, filtered)
     next_ids = jnp.where(finished, PAD_ID, next_ids.astype(jnp.int32))  # [R]
     token_lp = jnp.take_along_axis(model_lp, next_ids[:, None], axis=-1)[:, 0]  # [R]
     scores = scores + jnp.where(finished, 0.0, token_lp)

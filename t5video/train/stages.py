@@ -16,11 +16,20 @@ run one after the other, never one inside another.
 A stage whose ``config`` is empty is the run's own resolved config with the
 stage's overrides (e.g. the text-only control of :mod:`t5video.evaluate.controls`:
 the same recipe with every pixel constant).
+
+A stage that is not a training run (e.g. pseudo-labelling a video set with an
+earlier stage's model, :mod:`t5video.recipes.distill.pseudo_label`) names its
+function in ``run`` (``'package.module:function'``): the driver calls
+``function(stage_config, sub_workdir)`` on every process instead of training,
+and the function writes ``final_metrics.json`` into the sub-workdir when it has
+finished (an interrupted one is called again and resumes from what it wrote). It
+returns a dict (``{'preempted': True}`` stops the run there).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import importlib
+from typing import Any, Callable, Mapping
 
 import jax
 from jax.experimental import multihost_utils
@@ -65,6 +74,15 @@ def stage_config(stage: Mapping, parent: ml_collections.ConfigDict | None = None
   return config
 
 
+def stage_function(spec: str) -> Callable[[ml_collections.ConfigDict, str], Mapping]:
+  """The function a ``run`` stage names (``'package.module:function'``)."""
+  module_name, _, name = spec.partition(":")
+  fn = getattr(importlib.import_module(module_name), name, None) if name else None
+  if not callable(fn):
+    raise ValueError(f"stage run {spec!r}: not a 'package.module:function' that exists")
+  return fn
+
+
 def is_done(workdir: str) -> bool:
   return paths.exists(paths.join(workdir, DONE))
 
@@ -106,9 +124,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     sub = paths.join(workdir, stage["workdir"])
     if is_done(sub):
       continue
-    print(f"stage {stage['name']}: {stage['config'] or 'the run config with its overrides'} in {sub}",
-          flush=True)
-    result = train(stage_config(stage, parent=config), sub)
+    print(f"stage {stage['name']}: {stage.get('run') or stage['config'] or 'the run config with its overrides'}"
+          f" in {sub}", flush=True)
+    if stage.get("run"):
+      result = dict(stage_function(stage["run"])(stage_config(stage, parent=config), sub) or {})
+    else:
+      result = train(stage_config(stage, parent=config), sub)
     if result.get("preempted") or not is_done(sub):
       return {**result, "preempted": True, "stage": stage["name"]}
   return trainer.train(config, workdir)

@@ -25,6 +25,7 @@ TASKS: dict[str, str] = {
     "captiont5": "t5video.recipes.captiont5.task:CaptionT5Task",
     "vificlip": "t5video.recipes.vificlip.task:ViFiCLIPTask",
     "r2tuning": "t5video.recipes.r2tuning.task:R2TuningTask",
+    "distill": "t5video.recipes.distill.task:DistillTask",
 }
 
 

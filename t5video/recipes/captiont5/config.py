@@ -61,7 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
       constant_pixels=False,        # every pixel (cached feature) constant, in training and
                                     # evaluation: the text-only control (t5video.evaluate.controls)
   )
-  c.tasks = dict(caption=1.0, classify=0.0, tags=0.0)
+  # Task weights; 'qa': video question answering on the records' QA pairs (t5video.data.qa).
+  c.tasks = dict(caption=1.0, classify=0.0, tags=0.0, qa=0.0)
   c.text = dict(max_input_len=64, max_target_len=32, vocab_size=512, tokenizer="")
   c.thoughts = dict(
       sources=("metadata", "subtitle"),

@@ -7,12 +7,12 @@ What one training example is:
 * frames: ``T`` frames of the clip (segment-sampled in training, uniform in
   evaluation), uint8, normalised inside the jitted step;
 * a task drawn per example from ``config.tasks`` (weights): ``caption``,
-  ``classify`` or ``tags``;
+  ``classify``, ``tags`` or ``qa`` (one of the clip's QA pairs, :mod:`t5video.data.qa`);
 * the encoder text: the task prompt, then the thoughts
   (:mod:`t5video.data.thoughts`: concepts, metadata, subtitle, draft; thought
   dropout in training);
 * the decoder target: a reference caption (one drawn at random), the class
-  name, or the sorted tags.
+  name, the sorted tags, or the answer.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 from t5video.data import decode as decode_lib
 from t5video.data import layouts
 from t5video.data import pipeline
+from t5video.data import qa as qa_lib
 from t5video.data import thoughts as thoughts_lib
 from t5video.data import tokenizer as tokenizer_lib
 from t5video.data.records import VideoRecord, fold_of
@@ -38,7 +39,7 @@ from t5video.models import t5 as t5_lib
 from t5video.recipes.captiont5 import config as cfg
 from t5video.train import paths
 
-TASK_IDS = {"caption": 0, "classify": 1, "tags": 2}
+TASK_IDS = {"caption": 0, "classify": 1, "tags": 2, "qa": 3}
 
 # Words never used as concepts when the vocabulary comes from the captions.
 FUNCTION_WORDS = frozenset("""
@@ -116,7 +117,8 @@ class TextTransform:
   def __init__(self, tokenizer: tokenizer_lib.Tokenizer, *, tasks: dict[str, float],
                thought_cfg: thoughts_lib.ThoughtConfig, max_input_len: int, max_target_len: int,
                seed: int, concepts: Optional[dict[str, list[str]]] = None,
-               draft_vocab: Sequence[str] = (), features_key: str = ""):
+               draft_vocab: Sequence[str] = (), features_key: str = "",
+               qa: Optional[dict[str, list[dict]]] = None):
     names = [k for k, w in tasks.items() if w > 0]
     weights = np.asarray([tasks[k] for k in names], np.float64)
     self.task_names, self.task_p = names, weights / weights.sum()
@@ -127,6 +129,7 @@ class TextTransform:
     self.concepts = concepts or {}
     self.draft_vocab = list(draft_vocab)
     self.features_key = features_key  # read cached features from this key instead of frames
+    self.qa = qa or {}  # video id -> its QA pairs (t5video.data.qa)
 
   def target_text(self, task: str, ex: dict, rng: np.random.Generator) -> str:
     if task == "caption":
@@ -134,6 +137,8 @@ class TextTransform:
       return caps[int(rng.integers(len(caps)))] if caps else ""
     if task == "classify":
       return ex["label"]
+    if task == "qa":
+      return ex["_qa_pair"]["answer"]
     return thoughts_lib.tags_text(ex["tags"])
 
   def __call__(self, ex: dict) -> dict:
@@ -141,11 +146,16 @@ class TextTransform:
                                  int(ex["index"]) + 1])
     available = [t for t in self.task_names
                  if (t != "caption" or ex["captions"]) and (t != "classify" or ex["label"])
-                 and (t != "tags" or ex["tags"])]
+                 and (t != "tags" or ex["tags"]) and (t != "qa" or self.qa.get(ex["video_id"]))]
     if not available:
       available = self.task_names
     p = np.asarray([self.task_p[self.task_names.index(t)] for t in available])
     task = available[int(rng.choice(len(available), p=p / p.sum()))]
+    pair = None
+    if task == "qa":
+      pairs = self.qa.get(ex["video_id"]) or [{"question": "", "answer": ""}]
+      pair = pairs[int(rng.integers(len(pairs)))]
+      ex = {**ex, "_qa_pair": pair}
     target = self.target_text(task, ex, rng)
     draft = None
     if task == "caption" and "draft" in self.thought_cfg.sources and ex["captions"]:
@@ -153,9 +163,11 @@ class TextTransform:
       ref = ex["captions"][int(rng.integers(len(ex["captions"])))]
       draft = thoughts_lib.corrupt_caption(ref, self.thought_cfg.draft_corruption,
                                            self.draft_vocab, rng)
-    text = thoughts_lib.encoder_text(task, thoughts_lib.build_thoughts(
+    thoughts = thoughts_lib.build_thoughts(
         ex["metadata"], ex["subtitle"], self.thought_cfg,
-        concepts=self.concepts.get(ex["video_id"]), draft=draft, rng=rng))
+        concepts=self.concepts.get(ex["video_id"]), draft=draft, rng=rng)
+    text = (f"{qa_lib.prompt(pair)} {thoughts}".strip() if pair is not None
+            else thoughts_lib.encoder_text(task, thoughts))
     ids, mask = self.tok.encode_batch([text], self.max_input_len)
     tgt, tmask = self.tok.encode_batch([target], self.max_target_len)
     weight = float(bool(ex["valid"]))
@@ -205,7 +217,11 @@ class DataMixin:
     for r in self.records[cfg.data.train_split]:
       texts += r.captions + [r.label or "", ", ".join(r.tags), r.subtitle]
       texts += [f"{k}: {v}" for k, v in r.metadata.items()]
+      for pair in r.extra.get("qa") or ():  # QA pairs (t5video.data.qa), where the data has them
+        texts += [pair["question"], pair["answer"], *pair.get("choices", ())]
     texts += list(thoughts_lib.TASK_PROMPTS.values()) + ["concepts:", "draft:", "subtitle:"]
+    if any(r.extra.get("qa") for r in self.records[cfg.data.train_split]):
+      texts += [qa_lib.PROMPT, qa_lib.OPTIONS]
     concepts_file = os.path.join(self.root, "concepts.txt")
     if paths.exists(concepts_file):
       with open(concepts_file) as f:

@@ -18,6 +18,7 @@ metrics and plots: :mod:`t5video.evaluate`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -28,6 +29,7 @@ import numpy as np
 
 from t5video.data import decode as decode_lib
 from t5video.data import pipeline
+from t5video.data import qa as qa_lib
 from t5video.data import thoughts as thoughts_lib
 from t5video.data.records import VideoRecord
 from t5video.evaluate import attributes
@@ -97,6 +99,8 @@ class EvalMixin:
     need (keys starting with ``_`` are not written to the samples file)."""
     ev = self.config.eval
     truth = {r.video_id: r.extra.get("attributes") for r in records}
+    qa = ({r.video_id: r.extra["qa"] for r in records if r.extra.get("qa")}
+          if self.config.tasks.get("qa", 0.0) else {})
     rows: list[dict] = []
     if not records:  # a process with no share (fewer clips than processes)
       return rows
@@ -105,11 +109,17 @@ class EvalMixin:
         batch = dict(batch)
         batch["frames"], batch["frame_mask"] = corrupt(batch)
       pred = self.predict(params, batch)
+      pairs = [qa.get(v, []) if bool(ok) else [] for v, ok in zip(batch["video_id"], batch["valid"])]
+      answers = self.answer_questions(params, batch, pairs) if any(pairs) else [[] for _ in pairs]
       for i in range(len(batch["video_id"])):
         if not bool(batch["valid"][i]):
           continue
         vid = batch["video_id"][i]
         row = {"video_id": vid, "path": batch["path"][i]}
+        if pairs[i]:
+          row["qa"] = [{"question": p["question"], "answer": p["answer"], "predicted": a,
+                        "type": p.get("type", ""), "correct": qa_lib.is_correct(a, p)}
+                       for p, a in zip(pairs[i], answers[i])]
         if "caption" in pred and batch["captions"][i]:
           row.update(caption=pred["caption"][i], draft=pred["draft"][i],
                      references=list(batch["captions"][i]))
@@ -152,6 +162,7 @@ class EvalMixin:
     if tagged:
       metrics.update({f"tags_{k}": v for k, v in cls_metrics.multilabel_f1(
           [set(r["tags"]) for r in tagged], [set(r["tags_true"]) for r in tagged]).items()})
+    metrics.update(qa_lib.accuracy([q for r in rows for q in r.get("qa", ())]))
     metrics["num_examples"] = float(len(rows))
     return metrics
 
@@ -193,12 +204,36 @@ class EvalMixin:
       if truths:
         m.update(attributes.attribute_accuracy([top] * len(truths), truths, attributes.synthetic_vocabulary()))
       out.update({f"baseline_caption_{k}": v for k, v in m.items()})
+    if self.config.tasks.get("qa", 0.0):
+      out.update(self.qa_baseline(records))
     lab = np.asarray([self.class_names.index(r.label) for r in records if r.label])
     if lab.size and self.train_class_counts:
       prior = np.asarray([self.train_class_counts.get(c, 0) for c in self.class_names], float)
       out.update(self._class_metrics(lab, np.tile(prior, (len(lab), 1)), None,
                                      prefix="baseline_prior_"))
     return out
+
+  def qa_baseline(self, records: Sequence[VideoRecord]) -> dict[str, float]:
+    """``baseline_prior_qa_*``: every question answered with the training answer most frequent
+    for its type (for a multiple-choice question, the option most frequent among training
+    answers), reading neither the frames nor the question's words."""
+    counts: dict[str, collections.Counter] = {}
+    for pairs in self.qa_pairs(self.config.data.train_split).values():
+      for p in pairs:
+        counts.setdefault(p.get("type", ""), collections.Counter())[qa_lib.normalize(p["answer"])] += 1
+    overall = collections.Counter()
+    for c in counts.values():
+      overall.update(c)
+    rows = []
+    for r in records:
+      for p in r.extra.get("qa") or ():
+        prior = counts.get(p.get("type", ""), overall)
+        if p.get("choices"):
+          guess = max(p["choices"], key=lambda c: (prior.get(qa_lib.normalize(c), 0), -p["choices"].index(c)))
+        else:
+          guess = prior.most_common(1)[0][0] if prior else ""
+        rows.append({"type": p.get("type", ""), "correct": qa_lib.is_correct(guess, p)})
+    return {k: v for k, v in qa_lib.accuracy(rows, prefix="baseline_prior_qa_").items() if not k.endswith("count")}
 
   def controls(self, params, records: Sequence[VideoRecord], rows: Sequence[dict],
                workdir: Optional[str]) -> dict[str, float]:
@@ -306,6 +341,11 @@ def format_table(m: dict[str, float], step: int, split: str) -> str:
     lines.append("attributes the captions name correctly (the key object; actions in order; each "
                  "order pair over the clips that hold it)")
     lines += table([(n.replace("_", "/"), f"attribute_{n}_accuracy") for n in names])
+  qa_keys = sorted(k for k in m if k.startswith("qa_accuracy"))
+  if qa_keys:
+    lines.append(f"video question answering: exact-match accuracy ({int(m.get('qa_count', 0))} questions; "
+                 "the prior answers each type's most frequent training answer)")
+    lines += table([(k[len("qa_accuracy_"):][:7] or "all", k) for k in qa_keys])
   lines.append("(all numbers x100; CIDEr-D as pycocoevalcap reports it, x100)")
   return "\n".join(lines)
 

@@ -152,6 +152,28 @@ class PredictMixin:
       out["tags"] = generate(hidden, mask)
     return out
 
+  def answer_questions(self, params, batch: dict, pairs: Sequence[Sequence[dict]]) -> list[list[str]]:
+    """The generated answer to each QA pair of each example (``pairs[i]``: example ``i``'s,
+    :mod:`t5video.data.qa`), greedy; the encoder reads the question, its options and the thoughts."""
+    from t5video.data import qa as qa_lib  # pylint: disable=g-import-not-at-top
+    j = self._jitted
+    visual = {k: np.asarray(batch[k]) for k in ("frames", "features") if k in batch}
+    fmask = jnp.asarray(batch["frame_mask"], jnp.int32)
+    concepts = self.batch_concepts(batch)
+    thoughts = [thoughts_lib.build_thoughts(batch["metadata"][i], batch["subtitle"][i], self.thought_cfg,
+                                            concepts=concepts[i], draft=None, rng=None)
+                for i in range(len(batch["video_id"]))]
+    out: list[list[str]] = [[] for _ in pairs]
+    for k in range(max((len(p) for p in pairs), default=0)):
+      texts = [f"{qa_lib.prompt(p[k])} {th}".strip() if k < len(p) else th for p, th in zip(pairs, thoughts)]
+      ids, mask = self.tokenizer.encode_batch(texts, self.config.text.max_input_len)
+      hidden, hmask = j["encode"](params, visual, fmask, jnp.asarray(ids), jnp.asarray(mask))
+      toks, _ = j["greedy"](params, hidden, hmask)
+      for i, answer in enumerate(self.tokenizer.decode_batch(np.asarray(toks))):
+        if k < len(pairs[i]):
+          out[i].append(answer)
+    return out
+
   def caption_candidates(self, params, hidden, mask, *, source: Optional[str] = None,
                          num: Optional[int] = None, seed: Optional[int] = None
                          ) -> list[list[tuple[str, float]]]:

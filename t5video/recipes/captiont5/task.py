@@ -135,6 +135,12 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     return peft.trainable_regex(p.method, last_n=p.last_n, num_layers=t5c.num_layers,
                                 num_decoder_layers=t5c.num_decoder_layers, bridge=p.bridge)
 
+  def qa_pairs(self, split: str) -> dict[str, list[dict]]:
+    """``{video_id: QA pairs}`` of a split's records that have them (:mod:`t5video.data.qa`)."""
+    from t5video.data import qa as qa_lib  # pylint: disable=g-import-not-at-top
+    return {r.video_id: qa_lib.check_pairs(r.extra["qa"], f"{split} clip {r.video_id}")
+            for r in self.records[split] if r.extra.get("qa")}
+
   def rerank_candidates(self) -> int:
     """``eval.rerank.candidates``, or 0 on cached features (re-ranking needs decoded frames)."""
     return 0 if self.config.data.features_dir else int(self.config.eval.rerank.candidates)
@@ -286,7 +292,8 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
         max_input_len=self.config.text.max_input_len,
         max_target_len=self.config.text.max_target_len, seed=seed,
         concepts=self.concepts(), draft_vocab=[w for c in vocab for w in c.split()],
-        features_key=self.config.data.features_layer if self.features_shape else "")
+        features_key=self.config.data.features_layer if self.features_shape else "",
+        qa=self.qa_pairs(self.config.data.train_split) if self.config.tasks.get("qa", 0.0) else None)
 
   def train_loader(self, *, seed, process_index, process_count, batch_size):
     d = self.config.data
@@ -326,6 +333,8 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     acc = ((logits.argmax(-1) == batch["decoder_target"]) * mask).sum() / denom
     metrics = {"token_accuracy": acc}
     for name, tid in data_lib.TASK_IDS.items():
+      if not self.config.tasks.get(name, 0.0):
+        continue  # a task that does not train
       tm = mask * (batch["task_id"] == tid)[:, None]
       metrics[f"loss_{name}"] = (tok_loss * tm).sum() / jnp.maximum(tm.sum(), 1.0)
     return loss, metrics
@@ -354,6 +363,10 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
       _, t5_params = hf.load_hf(m.t5_init)
       params = merge_subtree(params, "t5", t5_params, m.t5_init)
     if init_from.path:
+      if vifi_dir or m.clip_init or m.t5_init:
+        # The merged leaves sit on one device; as host arrays they go wherever the rest is placed
+        # (load_params_by_regex would otherwise pin the checkpoint's values to that one device).
+        params = jax.device_get(params)
       params = super().load_pretrained(params, init_from)
     return params
 
