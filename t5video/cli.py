@@ -284,18 +284,12 @@ def cmd_standins(argv: Sequence[str]) -> int:
 
 def cmd_extract_features(argv: Sequence[str]) -> int:
   from t5video.data import features
-  argv = list(argv)
+  def resolve_clip(spec: str) -> str:  # standins:CONFIG: the stand-in CLIP (built once, cached)
+    from t5video.recipes import standins
+    return standins.resolve(spec, "clip")
+
   try:
-    # --clip standins:CONFIG is the stand-in CLIP `t5video standins` builds (cached after once)
-    for i, arg in enumerate(argv):
-      value = arg.split("=", 1)[1] if arg.startswith("--clip=") else (
-          argv[i + 1] if arg == "--clip" and i + 1 < len(argv) else "")
-      if value.startswith("standins:"):
-        from t5video.recipes import standins
-        resolved = standins.resolve(value, "clip")
-        argv[i:i + (1 if arg.startswith("--clip=") else 2)] = ["--clip", resolved]
-        break
-    return int(features.main(argv) or 0)
+    return int(features.main(list(argv), resolve_clip=resolve_clip) or 0)
   except (FileNotFoundError, ValueError) as e:  # missing dataset / checkpoint, --out of another run
     raise SystemExit(f"t5video extract-features: {e}")
 

@@ -521,7 +521,8 @@ class FeatureSource:
             f"layers={self.layers})")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, *,
+         resolve_clip: Callable[[str], str] = lambda spec: spec) -> int:
   """``t5video extract-features``: features of a dataset layout on disk.
 
   Arguments: ``--layout`` (msrvtt | vatex | kinetics | qvhighlights | generic),
@@ -535,6 +536,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   ``--dtype``, ``--workers``, ``--max-failure-ratio``. In a multi-host job
   each process extracts its share of the shards. The last line printed is a
   JSON summary with the throughput (``videos_per_s``, ``frames_per_s``).
+  ``resolve_clip`` maps ``--clip`` to a directory (the command line passes the
+  stand-ins' resolver).
   """
   import argparse  # pylint: disable=g-import-not-at-top
 
@@ -572,7 +575,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.fps < 0 or (args.fps and args.max_frames < 1):
     raise ValueError(f"--fps must be > 0 with --max-frames >= 1, got {args.fps} and {args.max_frames}")
   records = layouts.read_dataset(args.layout, args.root, args.split)
-  module, params = _load_vision_tower(args.clip)
+  module, params = _load_vision_tower(resolve_clip(args.clip))
   if args.fps:
     spec = decode.SamplingSpec(mode="fps", fps=args.fps, max_frames=args.max_frames, size=args.size)
   else:
