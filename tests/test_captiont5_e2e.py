@@ -363,17 +363,48 @@ def test_concept_vocabulary_file_or_caption_words(data_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_caption_needs_only_the_workdir(data_root, tmp_path, capsys):
-  """A prepared run keeps its tokenizer and class list in its workdir: `t5video caption`
-  works after the dataset folder is deleted."""
+def test_refine_drafts_and_caption_need_only_the_workdir(data_root, tmp_path, capsys):
+  """Self-refinement's training drafts come from an earlier checkpoint (stages draft_model and
+  drafts), never from the references; and a prepared run keeps its tokenizer and class list in
+  its workdir: `t5video caption` works after the dataset folder is deleted. (One run for both:
+  each CaptionT5 compile costs CI time.)"""
   import shutil
+  from t5video.recipes.captiont5 import drafts as drafts_lib
   from t5video.train import stages
   root = str(tmp_path / "dataset")
   shutil.copytree(data_root, root)
-  config = _base_config(root, **{"train.num_steps": 4, "train.checkpoint_every": 4, "eval.max_examples": 2})
+  config = _base_config(root, **{"train.num_steps": 4, "train.checkpoint_every": 4, "eval.max_examples": 2,
+                                 "thoughts.sources": ("metadata", "subtitle", "draft"), "eval.refine": True,
+                                 "thoughts.drafts.num_steps": 2, "thoughts.dropout": 0.0,
+                                 "thoughts.drop_all": 0.0})
   workdir = str(tmp_path / "run")
   stages.train(config, workdir)
   saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert [s["name"] for s in saved["stages"]] == ["draft_model", "drafts"]
+  model_cfg = json.load(open(os.path.join(workdir, "draft_model", "config.json")))
+  assert "draft" not in model_cfg["thoughts"]["sources"] and model_cfg["train"]["num_steps"] == 2
+  assert json.load(open(os.path.join(workdir, "draft_model", "final_metrics.json")))["step"] == 2
+  drafts = drafts_lib.read(saved["thoughts"]["drafts"]["file"])
+  from t5video.data import thoughts as thoughts_lib
+  from t5video.recipes.captiont5.task import CaptionT5Task
+  task = CaptionT5Task(cli.load_run_config(workdir))
+  assert set(drafts) == {r.video_id for r in task.records["train"]}
+  # The training input's draft is the draft model's caption of that clip, whatever the references say.
+  rec = next((r for r in task.records["train"] if drafts[r.video_id]), task.records["train"][0])
+  transform = task._text_transform(seed=0)  # pylint: disable=protected-access
+  expected = task.tokenizer.encode_batch([thoughts_lib.encoder_text("caption", thoughts_lib.build_thoughts(
+      rec.metadata, rec.subtitle, task.thought_cfg, draft=drafts[rec.video_id], rng=None))],
+      task.config.text.max_input_len)[0][0]
+  drawn = 0
+  for position in range(12):
+    ex = transform({"video_id": rec.video_id, "captions": rec.captions, "label": rec.label, "tags": rec.tags,
+                    "metadata": rec.metadata, "subtitle": rec.subtitle, "frames": np.zeros((4, 32, 32, 3), np.uint8),
+                    "frame_mask": np.ones(4, bool), "valid": True, "index": 0, "epoch": 0, "position": position,
+                    "failure": "", "path": rec.path})
+    if int(ex["task_id"]) == 0:  # the caption task
+      np.testing.assert_array_equal(ex["input_ids"], expected)
+      drawn += 1
+  assert drawn
   assert saved["text"]["tokenizer"] == os.path.join(workdir, "assets", "spiece.model")
   assert saved["data"]["class_names"] and os.path.isfile(saved["text"]["tokenizer"])
   videos = str(tmp_path / "videos")

@@ -18,6 +18,12 @@ Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10
 * ``standins``: as ``noclip``, but the vision tower and the T5 (with its tokenizer) start from the
   project's pretrained stand-ins (``t5video standins``, built once and cached; docs/standins.md),
   through ``model.clip_init`` / ``model.t5_init``, the path a user's HF checkpoints take.
+* ``pooled``: the earlier temporal design, one pooled CLIP token per frame (loses where the
+  object is; docs/results.md).
+* ``refine``: self-refinement: the first caption is fed back as a ``draft`` thought. In training the
+  drafts come from an earlier checkpoint (stages ``draft_model``, 400 steps without drafts, and
+  ``drafts``, which captions the training clips with it: t5video/recipes/captiont5/drafts.py), never
+  from the references. About 3 more minutes.
 * ``nothoughts``: thoughts switched off (ablation; the CLIP stage still re-ranks).
 * ``frac10``: 10% of the training clips.
 * ``temporal=mean|transformer|resampler``: the temporal module.
@@ -53,7 +59,7 @@ def get_config(arg=None):
   c.tasks = dict(caption=0.5, classify=0.25, tags=0.25, qa=0.0)
   c.text.max_input_len = 128  # task prompt + thoughts (concepts, metadata, subtitle, draft)
   c.text.max_target_len = 32
-  c.thoughts.sources = ("metadata", "subtitle", "draft")
+  c.thoughts.sources = ("metadata", "subtitle")  # ':refine' adds the model's own draft
   c.model.clip = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
                       num_attention_heads=4, image_size=64, patch_size=16, projection_dim=128,
                       hidden_act="quick_gelu")
@@ -61,7 +67,12 @@ def get_config(arg=None):
                     num_heads=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
                     dropout_rate=0.1, relative_attention_num_buckets=32,
                     relative_attention_max_distance=64)
-  c.model.temporal = dict(kind="transformer", num_layers=1, num_heads=4)
+  # Position-keeping frame tokens read in order (docs/results.md, "What the pixels carry"): each
+  # frame's patch tokens become one token (a Dense over them, so each place has its own weights),
+  # a temporal transformer with frame position embeddings runs over them, and the T5 encoder reads
+  # the frame tokens in order. ':pooled' is the earlier design (CLIP's pooled token per frame).
+  c.model.visual_tokens = "patches"
+  c.model.temporal = dict(kind="transformer", num_layers=1, num_heads=4, frame_tokens="flatten")
   c.train.num_steps = 1200
   c.train.batch_size = 16
   c.train.log_every = 50
@@ -70,7 +81,6 @@ def get_config(arg=None):
   c.optim.learning_rate = 2e-3
   c.optim.warmup_steps = 100
   c.optim.b2 = 0.98
-  c.eval.refine = True
   c.eval.controls = ("other_frames",)  # ':textonly' adds the text-only control (a second training)
   # Stage 0: a video-text CLIP (the ViFi-CLIP recipe) trained on the same training clips into
   # <workdir>/vificlip. It stands in for a pretrained CLIP: CaptionT5's vision tower starts from
@@ -105,6 +115,13 @@ def get_config(arg=None):
     c.eval.rerank.candidates = 0
     c.model.clip_init = STANDINS
     c.model.t5_init = STANDINS
+  if "pooled" in args:  # the earlier design: one pooled CLIP token per frame
+    c.model.visual_tokens = "pooled"
+    c.model.temporal = dict(kind="transformer", num_layers=1, num_heads=4)
+  if "refine" in args:  # self-refinement: a first caption is fed back as a 'draft' thought
+    c.thoughts.sources = tuple(c.thoughts.sources) + ("draft",)
+    c.thoughts.drafts.num_steps = 400 if "runlocal" not in args else 10
+    c.eval.refine = True
   if "nothoughts" in args:
     c.thoughts.sources = ()
   if "frac10" in args:

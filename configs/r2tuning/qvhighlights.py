@@ -35,12 +35,8 @@ over hosts). On a CPU this is not practical: use configs/r2tuning/synthetic.py t
 
 from __future__ import annotations
 
-import math
-import os
-
 import ml_collections
 
-from t5video.config import checkpoint_dir
 from t5video.recipes.r2tuning import config as common
 
 NUM_TRAIN = 7218   # queries in highlight_train_release.jsonl
@@ -48,30 +44,11 @@ NUM_TRAIN = 7218   # queries in highlight_train_release.jsonl
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """``arg``: 'r2' (default) | 'meanpool'."""
-  head = arg or "r2"
-  if head not in common.HEADS:
-    raise ValueError(f"configs/r2tuning/qvhighlights.py: arg must be r2|meanpool, got {arg!r}")
-  c = common.base_config()  # the paper's QVHighlights values
-  c.seed = 2024
-  c.train.batch_size = 128
-  c.train.num_steps = int(math.ceil(30 * 4 * NUM_TRAIN / c.train.batch_size))
-  c.train.log_every = 100
-  c.train.eval_every = int(math.ceil(5 * 4 * NUM_TRAIN / c.train.batch_size))   # every 5 epochs
-  c.train.checkpoint_every = c.train.eval_every
-  c.train.max_to_keep = 2
-  c.train.best_metric = "MR-full-mAP"
-  c.optim.schedule = "cosine"
-  c.model.head = head
-  c.model.clip_init = os.path.join(checkpoint_dir(), "clip-vit-base-patch32")
-  c.data.layout = "qvhighlights"
-  c.data.root = ""   # --config.data.root=DIR
+  c = common.paper_config("configs/r2tuning/qvhighlights.py", arg, num_train=NUM_TRAIN,
+                          best_metric="MR-full-mAP")  # the paper's QVHighlights values
   c.data.max_clips = 75
   c.data.size = 224
   c.data.resize_short = 224
-  c.data.extract_workers = 4
-  c.data.worker_count = 4
-  c.data.read_threads = 4
   c.eval.split = "val"
   c.eval.batch_size = 32
   return c
-

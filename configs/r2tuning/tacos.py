@@ -29,12 +29,8 @@ CPU: use configs/r2tuning/synthetic.py there.
 
 from __future__ import annotations
 
-import math
-import os
-
 import ml_collections
 
-from t5video.config import checkpoint_dir
 from t5video.recipes.r2tuning import config as common
 
 NUM_TRAIN = 10146   # queries in the 2D-TAN train.json
@@ -42,29 +38,10 @@ NUM_TRAIN = 10146   # queries in the 2D-TAN train.json
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """``arg``: 'r2' (default) | 'meanpool'."""
-  head = arg or "r2"
-  if head not in common.HEADS:
-    raise ValueError(f"configs/r2tuning/tacos.py: arg must be r2|meanpool, got {arg!r}")
-  c = common.base_config()
-  c.seed = 2024
-  c.train.batch_size = 32
-  c.train.num_steps = int(math.ceil(30 * 4 * NUM_TRAIN / c.train.batch_size))
-  c.train.log_every = 100
-  c.train.eval_every = int(math.ceil(5 * 4 * NUM_TRAIN / c.train.batch_size))   # every 5 epochs
-  c.train.checkpoint_every = c.train.eval_every
-  c.train.max_to_keep = 2
-  c.train.best_metric = "MR-full-R1@0.5"
-  c.optim.schedule = "cosine"
-  c.optim.learning_rate = 2.5e-4
-  c.model.head = head
-  c.model.clip_init = os.path.join(checkpoint_dir(), "clip-vit-base-patch32")
-  c.data.layout = "qvhighlights"     # after `t5video data tacos --root DIR`
-  c.data.root = ""                   # --config.data.root=DIR
+  c = common.paper_config("configs/r2tuning/tacos.py", arg, num_train=NUM_TRAIN, batch_size=32,
+                          learning_rate=2.5e-4)
   c.data.fps = 0.5
   c.data.max_clips = 256
-  c.data.extract_workers = 4
-  c.data.worker_count = 4
-  c.data.read_threads = 4
   c.eval.split = "test"
   c.eval.protocol = "r2tuning"
   c.eval.nms = "normal:0.7"

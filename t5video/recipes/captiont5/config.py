@@ -20,7 +20,10 @@ from t5video.models.layers import DTYPES, LoraSpec
 from t5video.models.temporal import TemporalConfig
 from t5video.config import checkpoint_dir  # noqa: F401  (configs import it from here)
 from t5video.evaluate import controls as controls_lib
+from t5video.recipes.standins import cache as standins_cache
 from t5video.train import paths
+
+DRAFT_SOURCES = ("model", "corrupted_reference")  # t5video.recipes.captiont5.drafts
 
 # Sections whose keys are free-form: the sizes of the CLIP, T5 and temporal modules.
 OPEN_SECTIONS = ("model.clip", "model.t5", "model.temporal")
@@ -83,6 +86,12 @@ def base_config() -> ml_collections.ConfigDict:
       # cross-fitted), its sizes taken from the stage config: the stand-in for a pretrained CLIP.
       clip_stage=dict(config="", num_steps=2000, folds=1, init_vision=False),
       concepts_file="",             # default: <data.root>/concepts.txt, else caption words
+      # Where the 'draft' thought comes from in training (t5video.recipes.captiont5.drafts):
+      # 'model': an earlier checkpoint of this recipe, trained num_steps without drafts (stages
+      # draft_model and drafts, before the run); 'corrupted_reference': a reference caption with
+      # words dropped or swapped (it states the answer; for comparison only). file: the drafts,
+      # set when the run is prepared.
+      drafts=dict(source="model", num_steps=400, file=""),
       vocab_size=200,               # concepts taken from the captions when there is no file
   )
   c.model = dict(
@@ -147,6 +156,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f"source={rr.source!r}, candidates={rr.candidates}")
   meteor_flag(config.eval.meteor)
   controls_lib.check(config.eval.controls)
+  dr = config.thoughts.drafts
+  if dr.source not in DRAFT_SOURCES or dr.num_steps < 1:
+    raise ValueError(f"thoughts.drafts: source must be one of {DRAFT_SOURCES} and num_steps >= 1, got "
+                     f"source={dr.source!r}, num_steps={dr.num_steps}")
 
 
 def check_init_dirs(config: ml_collections.ConfigDict) -> None:
@@ -155,7 +168,7 @@ def check_init_dirs(config: ml_collections.ConfigDict) -> None:
   the stand-in's directory when the run is prepared)."""
   for key in ("clip_init", "t5_init"):
     path = config.model[key]
-    if path.startswith("standins:"):
+    if path.startswith(standins_cache.PREFIX):
       raise ValueError(f"config.model.{key}={path!r} is resolved when the run is prepared "
                        "(t5video train); this config was not")
     if path and not os.path.isfile(os.path.join(path, "config.json")) and not (

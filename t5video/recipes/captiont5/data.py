@@ -118,7 +118,8 @@ class TextTransform:
                thought_cfg: thoughts_lib.ThoughtConfig, max_input_len: int, max_target_len: int,
                seed: int, concepts: Optional[dict[str, list[str]]] = None,
                draft_vocab: Sequence[str] = (), features_key: str = "",
-               qa: Optional[dict[str, list[dict]]] = None):
+               qa: Optional[dict[str, list[dict]]] = None,
+               drafts: Optional[dict[str, str]] = None):
     names = [k for k, w in tasks.items() if w > 0]
     weights = np.asarray([tasks[k] for k in names], np.float64)
     self.task_names, self.task_p = names, weights / weights.sum()
@@ -130,6 +131,9 @@ class TextTransform:
     self.draft_vocab = list(draft_vocab)
     self.features_key = features_key  # read cached features from this key instead of frames
     self.qa = qa or {}  # video id -> its QA pairs (t5video.data.qa)
+    # video id -> an earlier checkpoint's caption (t5video.recipes.captiont5.drafts); None:
+    # drafts are corrupted references (thoughts.drafts.source='corrupted_reference')
+    self.drafts = drafts
 
   def target_text(self, task: str, ex: dict, rng: np.random.Generator) -> str:
     if task == "caption":
@@ -158,11 +162,13 @@ class TextTransform:
       ex = {**ex, "_qa_pair": pair}
     target = self.target_text(task, ex, rng)
     draft = None
-    if task == "caption" and "draft" in self.thought_cfg.sources and ex["captions"]:
-      # Self-refinement training: a corrupted reference stands in for a draft.
-      ref = ex["captions"][int(rng.integers(len(ex["captions"])))]
-      draft = thoughts_lib.corrupt_caption(ref, self.thought_cfg.draft_corruption,
-                                           self.draft_vocab, rng)
+    if task == "caption" and "draft" in self.thought_cfg.sources:
+      if self.drafts is not None:  # the draft model's caption of this clip
+        draft = self.drafts.get(str(ex["video_id"]))
+      elif ex["captions"]:  # 'corrupted_reference': the answer, with words dropped or swapped
+        ref = ex["captions"][int(rng.integers(len(ex["captions"])))]
+        draft = thoughts_lib.corrupt_caption(ref, self.thought_cfg.draft_corruption,
+                                             self.draft_vocab, rng)
     thoughts = thoughts_lib.build_thoughts(
         ex["metadata"], ex["subtitle"], self.thought_cfg,
         concepts=self.concepts.get(ex["video_id"]), draft=draft, rng=rng)

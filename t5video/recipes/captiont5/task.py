@@ -33,9 +33,11 @@ from t5video.models import peft
 from t5video.models.captiont5 import CaptionT5
 from t5video.recipes.captiont5 import config as cfg
 from t5video.recipes.captiont5 import data as data_lib
+from t5video.recipes.captiont5 import drafts as drafts_lib
 from t5video.recipes.captiont5.config import build_model_config
 from t5video.recipes.captiont5.evaluate import EvalMixin
 from t5video.recipes.captiont5.predict import PredictMixin
+from t5video.train import checkpoint as checkpoint_lib
 from t5video.train import paths
 from t5video.train import task as task_lib
 
@@ -188,6 +190,12 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
       task.workdir = workdir
       if not config.stages:
         config.stages = tuple(task.clip_stages())
+        if drafts_lib.uses_model_drafts(config):
+          # the draft model shares this run's video-text CLIP (no second CLIP stage)
+          clip = task.clip_dirs()
+          config.stages += tuple(drafts_lib.stages(
+              config, {"thoughts": {"clip_workdir": clip[0]}} if task.needs_clip() and clip else {}))
+          config.thoughts.drafts.file = drafts_lib.drafts_file(workdir)
       if "text_only" in config.eval.controls and not any(
           dict(s).get("name") == controls_lib.TEXT_ONLY_STAGE for s in config.stages):
         config.stages = tuple(config.stages) + (task.text_only_stage(),)
@@ -283,6 +291,17 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
         "weight": ("act_batch",),
     }
 
+  def training_drafts(self) -> Optional[dict[str, str]]:
+    """The training clips' drafts (``thoughts.drafts.source='model'``), or None (no draft
+    thought, or corrupted references)."""
+    if not drafts_lib.uses_model_drafts(self.config):
+      return None
+    path = self.config.thoughts.drafts.file
+    if not path:
+      raise ValueError("thoughts.drafts.source='model' needs thoughts.drafts.file (written by the "
+                       "run's 'drafts' stage; train through `t5video train`, which runs the stages)")
+    return drafts_lib.read(path)
+
   def _text_transform(self, seed: int) -> data_lib.TextTransform:
     vocab = []
     if paths.exists(os.path.join(self.root, "concepts.txt")):
@@ -292,6 +311,7 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
         max_input_len=self.config.text.max_input_len,
         max_target_len=self.config.text.max_target_len, seed=seed,
         concepts=self.concepts(), draft_vocab=[w for c in vocab for w in c.split()],
+        drafts=self.training_drafts(),
         features_key=self.config.data.features_layer if self.features_shape else "",
         qa=self.qa_pairs(self.config.data.train_split) if self.config.tasks.get("qa", 0.0) else None)
 
@@ -370,3 +390,15 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
       params = super().load_pretrained(params, init_from)
     return params
 
+
+
+def restore_run(workdir: str) -> tuple[CaptionT5Task, dict]:
+  """``(task, params)``: the CaptionT5 run in ``workdir`` and its latest params (host numpy)."""
+  workdir = paths.normalize(workdir)
+  config = config_lib.load_run_config(workdir)
+  if config.task != "captiont5":
+    raise ValueError(f"{workdir}: a {config.task!r} run, not a CaptionT5 one")
+  task = CaptionT5Task(config)
+  task.workdir = workdir
+  abstract = jax.eval_shape(lambda: nn.unbox(task.init_params(jax.random.PRNGKey(0))))
+  return task, checkpoint_lib.restore_params(workdir, abstract)

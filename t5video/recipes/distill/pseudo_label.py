@@ -50,16 +50,13 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from t5video import config as config_lib
 from t5video.data.records import VideoRecord
 from t5video.recipes.distill import data as data_lib
-from t5video.train import checkpoint as checkpoint_lib
 from t5video.train import paths
 
 VERSION = 1
@@ -81,15 +78,8 @@ def clip_keys(video_ids: Sequence[str], seed: int) -> jax.Array:
 
 def restore_teacher(workdir: str):
   """``(task, params)``: the CaptionT5 run in ``workdir`` and its latest params (host numpy)."""
-  from t5video.recipes.captiont5.task import CaptionT5Task  # pylint: disable=g-import-not-at-top
-  workdir = paths.normalize(workdir)
-  config = config_lib.load_run_config(workdir)
-  if config.task != "captiont5":
-    raise ValueError(f"{workdir}: a {config.task!r} run; the teacher must be a CaptionT5 run")
-  task = CaptionT5Task(config)
-  task.workdir = workdir
-  abstract = jax.eval_shape(lambda: nn.unbox(task.init_params(jax.random.PRNGKey(0))))
-  return task, checkpoint_lib.restore_params(workdir, abstract)
+  from t5video.recipes.captiont5.task import restore_run  # pylint: disable=g-import-not-at-top
+  return restore_run(workdir)
 
 
 def teacher_identity(task, workdir: str) -> dict[str, Any]:
