@@ -236,3 +236,43 @@ def test_captiont5_standins_variant_starts_from_the_standin_directories(built, m
   assert task.model_config.t5.d_model == 32 and task.model_config.vision.hidden_size == 32
   assert task.tokenizer.vocab_size == transformers.AutoTokenizer.from_pretrained(
       os.path.join(path, "t5")).vocab_size
+
+
+def test_vificlip_standins_variant_takes_towers_sizes_and_weights_from_the_standin(built, monkeypatch, tmp_path):
+  """``configs/vificlip/synthetic.py:mean,tiny,standins``: preparing resolves ``standins:`` to the
+  cached CLIP directory; the towers' sizes come from its config.json (model.vision / model.text
+  that disagree are an error naming them), and its weights reach ViFi-CLIP through the loader a
+  user's HF checkpoint takes; CaptionT5's vision tower from such a run has the stand-in's sizes."""
+  import flax.linen as nn
+  import jax
+  from t5video.models import hf
+  from t5video.recipes.vificlip import config as vificlip_config
+  from t5video.recipes.vificlip.task import ViFiCLIPTask
+  cache_dir, path = built
+  monkeypatch.setattr(cache_lib, "_build_into", lambda *a, **k: pytest.fail("cache expected"))
+  monkeypatch.setenv("T5VIDEO_STANDINS_CACHE", str(cache_dir))
+  config = config_lib.load_config_file("configs/vificlip/synthetic.py:mean,tiny,standins")
+  with config.unlocked():
+    config.init_from.path = config.model.tokenizer = f"standins:{TINY}"
+    config.data.root = str(tmp_path / "data")
+    config.data.synthetic.num_videos = 24
+  assert vificlip_config.vision_config(config).hidden_size == 32  # the tiny stand-in's width
+  prepared = ViFiCLIPTask.prepare(config, str(tmp_path / "run"))
+  assert prepared.init_from.path == prepared.model.tokenizer == os.path.join(path, "clip")
+  assert prepared.model.vision.hidden_size == 32  # written into the run's config: it restores alone
+  task = ViFiCLIPTask(prepared)
+  hf_cfg = json.load(open(os.path.join(path, "clip", "config.json")))
+  assert task.model_config.vision.hidden_size == hf_cfg["vision_config"]["hidden_size"]
+  assert task.model_config.text.vocab_size == hf_cfg["text_config"]["vocab_size"]
+  assert task.model_config.projection_dim == hf_cfg["projection_dim"]
+  params = task.load_pretrained(nn.unbox(task.init_params(jax.random.PRNGKey(0))), prepared.init_from)
+  _, clip_params = hf.load_hf(os.path.join(path, "clip"))
+  np.testing.assert_array_equal(
+      np.asarray(params["vision_model"]["embeddings"]["patch_embedding"]["kernel"]),
+      np.asarray(clip_params["vision_model"]["embeddings"]["patch_embedding"]["kernel"]))
+  np.testing.assert_array_equal(np.asarray(params["text_projection"]["kernel"]),
+                                np.asarray(clip_params["text_projection"]["kernel"]))
+  with prepared.unlocked():
+    prepared.model.vision = {"hidden_size": 64}
+  with pytest.raises(ValueError, match=r"model.vision: hidden_size=64 \(checkpoint: 32\)"):
+    ViFiCLIPTask(prepared)

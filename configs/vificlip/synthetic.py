@@ -21,6 +21,12 @@ on first use (about a minute); training reads decoded frames from memory
 (``data.cache_frames``), 3000 steps take a few minutes (``spacetime`` about 4x). ``synthetic.py:mean,tiny`` shrinks everything
 for smoke tests.
 
+``,standins`` starts both towers (sizes, weights, tokenizer) from the project's stand-in image CLIP
+(``t5video standins``, built once in a few minutes and cached; docs/standins.md), through the HF
+directory path a user's ``openai/clip-vit-base-patch16`` takes, as ViFi-CLIP fine-tunes an image CLIP::
+
+  t5video train --config configs/vificlip/synthetic.py:mean,standins --workdir runs/vifi_standins
+
 Controls (``eval.controls``): every evaluation also scores each clip with another clip's frames
 (free: its embedding is swapped); ``,textonly`` adds the same recipe trained again on constant
 pixels (a second training run, in ``<workdir>/control_text_only``).
@@ -38,13 +44,13 @@ NOVEL_CLASSES = ("grows", "changes colour", "moves down", "disappears")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """``arg``: 'single' | 'mean' | 'spacetime', optionally ',tiny' and ',textonly'."""
+  """``arg``: 'single' | 'mean' | 'spacetime', optionally ',tiny', ',textonly' and ',standins'."""
   parts = [p for p in (arg or "mean").split(",") if p]
   temporal = parts[0] if parts else "mean"
   tiny = "tiny" in parts[1:]
-  if temporal not in ("single", "mean", "spacetime") or set(parts[1:]) - {"tiny", "textonly"}:
-    raise ValueError(f"configs/vificlip/synthetic.py: arg must be single|mean|spacetime[,tiny][,textonly], "
-                     f"got {arg!r}")
+  if temporal not in ("single", "mean", "spacetime") or set(parts[1:]) - {"tiny", "textonly", "standins"}:
+    raise ValueError(f"configs/vificlip/synthetic.py: arg must be single|mean|spacetime[,tiny][,textonly]"
+                     f"[,standins], got {arg!r}")
 
   c = common.base_config()  # every key with its default; what differs is set below
   c.seed = 0
@@ -105,4 +111,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.resize_short = 36
     c.model.tokenizer = "data_cache/synthetic_vificlip_tiny/vificlip_spiece.model"
     c.data.root = "data_cache/synthetic_vificlip_tiny"
+  if "standins" in parts[1:]:
+    # Fine-tune the project's stand-in image CLIP (t5video standins; built once and cached) on
+    # video, as ViFi-CLIP fine-tunes OpenAI's: both towers, their sizes and the tokenizer come
+    # from the HF directory, through the path a user's checkpoint takes.
+    stand_in = "standins:configs/standins/default.py" + (":tiny" if tiny else "")
+    c.init_from.path = stand_in
+    c.init_from.regex = ".*"
+    c.model.tokenizer = stand_in
+    c.model.vision = {}
+    c.model.text = {}
+    c.model.projection_dim = 0
+    c.optim.learning_rate = 5e-4  # a pretrained start: lower than from scratch (not tuned)
   return c

@@ -10,7 +10,9 @@ frames, the prompt "a photo of a {}.".
 
 from __future__ import annotations
 
+import json
 import math
+from typing import Optional
 
 import ml_collections
 
@@ -103,11 +105,48 @@ def as_dict(x) -> dict:
   return dict(x.to_dict()) if hasattr(x, "to_dict") else dict(x)
 
 
-def vision_config(config: ml_collections.ConfigDict):
-  """The CLIP vision tower of a ViFi-CLIP run config (for a model whose vision tower starts from it)."""
+def hf_clip_config(path: str) -> Optional[dict]:
+  """The parsed ``config.json`` when ``path`` is an HF CLIP directory (``model_type='clip'``), else None."""
+  from t5video.train import paths  # pylint: disable=g-import-not-at-top
+  if not path or not paths.exists(paths.join(path, "config.json")):
+    return None
+  hf_config = json.loads(paths.read_text(paths.join(path, "config.json")))
+  return hf_config if hf_config.get("model_type") == "clip" else None
+
+
+def checkpoint_towers(hf_config: dict, vision: dict, text: dict, where: str) -> tuple[dict, dict, int]:
+  """``(vision, text, projection_dim)`` of an HF CLIP ``config.json``: the towers a run that starts
+  from it must have. Keys of ``model.vision`` / ``model.text`` that disagree with it are an error
+  naming them (a size set for training from scratch, left in a config that loads a checkpoint)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
   from t5video.models import clip as clip_lib  # pylint: disable=g-import-not-at-top
+  towers = []
+  for name, cls, given in (("vision", clip_lib.CLIPVisionConfig, vision), ("text", clip_lib.CLIPTextConfig, text)):
+    loaded = cls.from_hf(hf_config)
+    fields = {f.name: getattr(loaded, f.name) for f in dataclasses.fields(cls)
+              if f.name in hf_config.get(f"{name}_config", {})
+              and f.name not in ("dtype", "param_dtype", "remat", "lora")}  # t5video's own fields
+    bad = {k: (v, fields[k]) for k, v in given.items()
+           if k in fields and (tuple(v) if isinstance(v, list) else v) != fields[k]}
+    if bad:
+      raise ValueError(f"model.{name}: {', '.join(f'{k}={v!r} (checkpoint: {c!r})' for k, (v, c) in bad.items())} "
+                       f"disagree with {where}/config.json; remove them (the towers come from the checkpoint)")
+    towers.append({**given, **fields})
+  return towers[0], towers[1], int(hf_config.get("projection_dim") or towers[0].get("projection_dim") or 512)
+
+
+def vision_config(config: ml_collections.ConfigDict):
+  """The CLIP vision tower of a ViFi-CLIP run config (for a model whose vision tower starts from it):
+  the HF checkpoint's when ``init_from.path`` is one (``standins:CONFIG`` resolved), else
+  ``model.variant`` with ``model.vision``."""
+  from t5video.models import clip as clip_lib  # pylint: disable=g-import-not-at-top
+  from t5video.recipes import standins  # pylint: disable=g-import-not-at-top
   m = config.model
   vision = {k: tuple(v) if isinstance(v, list) else v for k, v in as_dict(m.get("vision")).items()}
+  path = standins.resolve(str(config.init_from.get("path") or ""), "clip")
+  hf_config = hf_clip_config(path)
+  if hf_config is not None:
+    vision = checkpoint_towers(hf_config, vision, {}, path)[0]
   return clip_lib.CLIPVisionConfig(**{**clip_lib.VARIANTS[m.variant]["vision"], **vision})
 
 

@@ -87,6 +87,23 @@ class ViFiCLIPTask(task_lib.Task):
   def prepare(cls, config, workdir: str) -> ml_collections.ConfigDict:
     """Writes the run's assets once (``<workdir>/vificlip/``: tokenizer, class lists, config);
     ``eval.controls`` with ``'text_only'`` adds its stage (:mod:`t5video.evaluate.controls`)."""
+    # 'standins:CONFIG' in init_from.path / model.tokenizer: the stand-in CLIP `t5video standins`
+    # builds and caches, resolved to its directory (what config.json then records).
+    from t5video.recipes import standins  # pylint: disable=g-import-not-at-top
+    if any(str(v).startswith(standins.cache.PREFIX) for v in (config.init_from.path, config.model.tokenizer)):
+      config = ml_collections.ConfigDict(config.to_dict())
+      config.init_from.path = standins.resolve(config.init_from.path, "clip")
+      config.model.tokenizer = standins.resolve(config.model.tokenizer, "clip")
+    hf_config = cfg.hf_clip_config(config.init_from.path)
+    if hf_config is not None:
+      # The towers' sizes written into the run's config: the workdir restores without the checkpoint.
+      config = ml_collections.ConfigDict(config.to_dict())
+      vision, text, projection_dim = cfg.checkpoint_towers(
+          hf_config, cfg.as_dict(config.model.vision), cfg.as_dict(config.model.text), config.init_from.path)
+      with config.unlocked():
+        config.model.vision = {k: list(v) if isinstance(v, tuple) else v for k, v in vision.items()}
+        config.model.text = text
+        config.model.projection_dim = projection_dim
     if not is_workdir(workdir):
       save_workdir_assets(cls(config), workdir)
     if "text_only" in config.eval.controls and not any(
@@ -127,6 +144,13 @@ class ViFiCLIPTask(task_lib.Task):
     m = self.config.model
     vision = cfg.as_dict(m.vision)
     text = cfg.as_dict(m.text)
+    hf_config = cfg.hf_clip_config(self.config.init_from.path)
+    if hf_config is not None:  # the towers are the checkpoint's (model.vision / model.text may not differ)
+      vision, text, projection_dim = cfg.checkpoint_towers(hf_config, vision, text, self.config.init_from.path)
+      if m.projection_dim and int(m.projection_dim) != projection_dim:
+        raise ValueError(f"model.projection_dim={m.projection_dim} differs from the checkpoint "
+                         f"{self.config.init_from.path}'s {projection_dim} (leave it 0)")
+      m = ml_collections.ConfigDict({**m.to_dict(), "projection_dim": projection_dim})
     if self.tokenizer.kind == "sentencepiece":
       text.update(self.tokenizer.text_overrides())
     for k, v in list(vision.items()):
