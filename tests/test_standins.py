@@ -276,3 +276,26 @@ def test_vificlip_standins_variant_takes_towers_sizes_and_weights_from_the_stand
     prepared.model.vision = {"hidden_size": 64}
   with pytest.raises(ValueError, match=r"model.vision: hidden_size=64 \(checkpoint: 32\)"):
     ViFiCLIPTask(prepared)
+
+
+def test_captiont5_clip_stage_on_the_standin_keeps_its_tokenizer_and_sizes(built, monkeypatch, tmp_path):
+  """``configs/captiont5/synthetic.py:vifi_standins``: the ViFi-CLIP stage fine-tunes the stand-in
+  CLIP, keeping the stand-in's tokenizer (no SentencePiece model of its own), and CaptionT5's vision
+  tower takes the stand-in's sizes from it."""
+  from t5video.recipes import captiont5
+  cache_dir, path = built
+  monkeypatch.setattr(cache_lib, "_build_into", lambda *a, **k: pytest.fail("cache expected"))
+  monkeypatch.setenv("T5VIDEO_STANDINS_CACHE", str(cache_dir))
+  config = config_lib.load_config_file("configs/captiont5/synthetic.py:runlocal,vifi_standins")
+  assert config.thoughts.clip_stage.config == "configs/vificlip/synthetic.py:mean,standins"
+  with config.unlocked():
+    config.thoughts.clip_stage.config = "configs/vificlip/synthetic.py:mean,tiny,standins"
+    config.model.t5_init = f"standins:{TINY}"
+    config.data.root = str(tmp_path / "data")
+    config.data.num_videos = 24
+  prepared = captiont5.CaptionT5Task.prepare(config, str(tmp_path / "run"))
+  (stage,) = [dict(s) for s in prepared.stages]
+  assert stage["config"] == "configs/vificlip/synthetic.py:mean,tiny,standins"
+  assert "tokenizer" not in stage["overrides"]["model"]
+  task = captiont5.CaptionT5Task(prepared)
+  assert task.model_config.vision.hidden_size == 32  # the tiny stand-in's, from its config.json

@@ -24,6 +24,9 @@ Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10
   drafts come from an earlier checkpoint (stages ``draft_model``, 400 steps without drafts, and
   ``drafts``, which captions the training clips with it: t5video/recipes/captiont5/drafts.py), never
   from the references. About 3 more minutes.
+* ``vifi_standins``: stage 0 fine-tunes the stand-in image CLIP on the clips (``configs/vificlip/
+  synthetic.py:mean,standins``), CaptionT5's vision tower and the re-ranker come from it and the T5
+  (with its tokenizer) from the T5 stand-in: a pretrained image CLIP adapted to video, as in the papers.
 * ``nothoughts``: thoughts switched off (ablation; the CLIP stage still re-ranks).
 * ``frac10``: 10% of the training clips.
 * ``temporal=mean|transformer|resampler``: the temporal module.
@@ -122,6 +125,12 @@ def get_config(arg=None):
     c.thoughts.sources = tuple(c.thoughts.sources) + ("draft",)
     c.thoughts.drafts.num_steps = 400 if "runlocal" not in args else 10
     c.eval.refine = True
+  if "vifi_standins" in args:  # stage 0 fine-tunes the stand-in image CLIP on video (ViFi-CLIP)
+    # CaptionT5's vision tower and the re-ranker come from that stage, the T5 from its stand-in:
+    # the papers' setting (a pretrained image CLIP adapted to video, a pretrained T5).
+    c.thoughts.clip_stage.config = "configs/vificlip/synthetic.py:mean,standins"
+    c.thoughts.clip_stage.init_vision = True
+    c.model.t5_init = STANDINS
   if "nothoughts" in args:
     c.thoughts.sources = ()
   if "frac10" in args:

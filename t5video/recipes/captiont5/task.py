@@ -241,7 +241,10 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
             "eval": {"split": d.eval_split, "novel_extra_splits": (),
                      "protocols": tuple(p for p in base.eval.protocols if p != "zero_shot"),
                      "controls": tuple(c for c in base.eval.get("controls", ()) if c != "text_only")},
-            "model": {"tokenizer": os.path.join(stage_dir, "vificlip_spiece.model")},
+            # a SentencePiece model trained on this run's text goes into the stage's own folder; an HF
+            # tokenizer (a checkpoint's, e.g. the stand-in CLIP's) stays where it is
+            "model": ({"tokenizer": os.path.join(stage_dir, "vificlip_spiece.model")}
+                      if str(base.model.tokenizer).endswith(".model") else {}),
             "train": {"num_steps": int(st.num_steps)}}
 
   def clip_stage_config(self, fold: Optional[int] = None) -> ml_collections.ConfigDict:
