@@ -4,7 +4,8 @@ Renders the synthetic dataset (plain backgrounds, no distractors) into
 data_cache/synthetic on first use, trains a small video-text CLIP on the training
 clips (stage 0, the ViFi-CLIP recipe, into <workdir>/vificlip), starts CaptionT5's
 vision tower from it and re-ranks the candidate captions with it, trains the rest
-of a small CaptionT5 (a temporal transformer and a T5 from scratch) for captions,
+of a small CaptionT5 (position-keeping frame tokens, a temporal transformer and a T5
+from scratch) for captions,
 classes and tags on CPU, evaluates on the test split and prints the table (CIDEr,
 BLEU-4, top-1, macro-F1, tail-class recall) beside trivial baselines.
 
