@@ -491,3 +491,13 @@ def test_sentencepiece_tokenizer_round_trip(tmp_path):
   tok.save_pretrained(str(tmp_path / "saved"))
   again = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "saved"))
   assert again(text).input_ids == ids
+
+
+def test_shift_right_on_numpy_stays_numpy_and_equals_jax():
+  """The data pipeline shifts each example's labels on the host: numpy in, numpy out (no eager JAX
+  dispatch per example), the same values as under JAX (-100 becomes the pad id)."""
+  labels = np.array([[5, 6, -100, 8], [9, -100, -100, -100]], np.int32)
+  host = t5.shift_right(labels, 0, 1)
+  assert isinstance(host, np.ndarray) and host.dtype == np.int32
+  np.testing.assert_array_equal(host, [[0, 5, 6, 1], [0, 9, 1, 1]])
+  np.testing.assert_array_equal(host, np.asarray(t5.shift_right(jnp.asarray(labels), 0, 1)))

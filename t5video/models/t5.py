@@ -273,12 +273,15 @@ def shift_right(labels: Array, decoder_start_token_id: int, pad_token_id: int) -
     pad_token_id: replaces ``-100`` entries.
 
   Returns:
-    ``[batch, len]`` int32 decoder input ids.
+    ``[batch, len]`` int32 decoder input ids: a numpy array for numpy ``labels`` (the data
+    pipeline calls this once per example; eager JAX ops there cost a dispatch each), else a
+    JAX array.
   """
-  labels = jnp.asarray(labels)
-  start = jnp.full(labels.shape[:-1] + (1,), decoder_start_token_id, labels.dtype)
-  shifted = jnp.concatenate([start, labels[..., :-1]], axis=-1)  # [batch, len]
-  return jnp.where(shifted == -100, pad_token_id, shifted).astype(jnp.int32)
+  xp = np if isinstance(labels, np.ndarray) else jnp
+  labels = xp.asarray(labels)
+  start = xp.full(labels.shape[:-1] + (1,), decoder_start_token_id, labels.dtype)
+  shifted = xp.concatenate([start, labels[..., :-1]], axis=-1)  # [batch, len]
+  return xp.where(shifted == -100, pad_token_id, shifted).astype(xp.int32)
 
 
 def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
