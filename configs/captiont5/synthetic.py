@@ -37,8 +37,9 @@ Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10
   Off by default: it is a second CaptionT5 training run (about 7 more minutes on 2 cores). The
   other-frames control (one more evaluation pass) is always on.
 
-Hardware: a laptop CPU (2 cores): rendering, training and evaluation take
-under 15 minutes. Results and the commands that produce them: docs/results.md.
+Hardware: a laptop CPU (2 cores): rendering, training and evaluation took 10 minutes on the
+reference machine on 2026-11-22 and about 18 on 2026-11-29 (CaptionT5 at 1.6 instead of 3.0
+steps/s). Results and the commands that produce them: docs/results.md.
 """
 
 from t5video.recipes import captiont5
