@@ -296,6 +296,9 @@ def test_captiont5_clip_stage_on_the_standin_keeps_its_tokenizer_and_sizes(built
   prepared = captiont5.CaptionT5Task.prepare(config, str(tmp_path / "run"))
   (stage,) = [dict(s) for s in prepared.stages]
   assert stage["config"] == "configs/vificlip/synthetic.py:mean,tiny,standins"
-  assert "tokenizer" not in stage["overrides"]["model"]
+  assert "model" not in stage["overrides"]  # (an empty 'model' dict would replace the section)
+  from t5video.train import stages as stages_lib
+  stage_config = stages_lib.stage_config(stage)
+  assert stage_config.model.tokenizer == f"standins:{TINY}" and stage_config.model.objective
   task = captiont5.CaptionT5Task(prepared)
   assert task.model_config.vision.hidden_size == 32  # the tiny stand-in's, from its config.json

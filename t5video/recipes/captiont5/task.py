@@ -237,15 +237,17 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     if fold is not None:
       data["holdout_fold"] = (fold, int(st.folds))
     stage_dir = self.clip_dirs()[fold or 0]
-    return {"seed": self.config.seed, "data": data,
-            "eval": {"split": d.eval_split, "novel_extra_splits": (),
-                     "protocols": tuple(p for p in base.eval.protocols if p != "zero_shot"),
-                     "controls": tuple(c for c in base.eval.get("controls", ()) if c != "text_only")},
-            # a SentencePiece model trained on this run's text goes into the stage's own folder; an HF
-            # tokenizer (a checkpoint's, e.g. the stand-in CLIP's) stays where it is
-            "model": ({"tokenizer": os.path.join(stage_dir, "vificlip_spiece.model")}
-                      if str(base.model.tokenizer).endswith(".model") else {}),
-            "train": {"num_steps": int(st.num_steps)}}
+    overrides = {"seed": self.config.seed, "data": data,
+                 "eval": {"split": d.eval_split, "novel_extra_splits": (),
+                          "protocols": tuple(p for p in base.eval.protocols if p != "zero_shot"),
+                          "controls": tuple(c for c in base.eval.get("controls", ()) if c != "text_only")},
+                 "train": {"num_steps": int(st.num_steps)}}
+    # A SentencePiece model trained on this run's text goes into the stage's own folder; an HF
+    # tokenizer (a checkpoint's, e.g. the stand-in CLIP's) stays where it is. (No empty 'model'
+    # entry: an empty dict replaces a whole section, t5video.train.stages.merge.)
+    if str(base.model.tokenizer).endswith(".model"):
+      overrides["model"] = {"tokenizer": os.path.join(stage_dir, "vificlip_spiece.model")}
+    return overrides
 
   def clip_stage_config(self, fold: Optional[int] = None) -> ml_collections.ConfigDict:
     """``thoughts.clip_stage.config`` with :meth:`clip_stage_overrides` applied."""
