@@ -33,11 +33,11 @@ import ml_collections
 
 from t5video.data.records import fraction_subset
 from t5video.train import paths
+from t5video.train.stages import DONE  # the stage driver's "finished" file
 
 DRAFT_MODEL = "draft_model"   # the stage that trains the draft model
 DRAFTS = "drafts"             # the stage that decodes the training clips' drafts
 FILE = "drafts.jsonl"
-DONE = "final_metrics.json"
 
 
 def uses_model_drafts(config: ml_collections.ConfigDict) -> bool:

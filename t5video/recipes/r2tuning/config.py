@@ -8,7 +8,12 @@ weight decay 1e-4, 500 warm-up steps, gradient clipping 35, batch 128.
 
 from __future__ import annotations
 
+import math
+import os
+
 import ml_collections
+
+from t5video.config import checkpoint_dir
 
 HEADS = ("r2", "meanpool")
 # 'other_frames' and 'text_only' are computed at evaluation time from the trained model
@@ -106,9 +111,6 @@ def paper_config(config_file: str, arg: str | None, *, num_train: int, batch_siz
 
   ``arg``: the head, 'r2' (default) | 'meanpool'; ``config_file`` names the file in the error.
   """
-  import math  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  from t5video.config import checkpoint_dir  # pylint: disable=g-import-not-at-top
   head = arg or "r2"
   if head not in HEADS:
     raise ValueError(f"{config_file}: arg must be {'|'.join(HEADS)}, got {arg!r}")
