@@ -6,7 +6,8 @@
   t5video zero-shot --workdir DIR --classes "a,b,c" VIDEO [VIDEO ...]
   t5video ground --workdir DIR --query "..." VIDEO [VIDEO ...]
   t5video data synthetic --out DIR --num-videos N --seed S
-  t5video data charades-sta|tacos --root DIR   (their annotations into the QVHighlights layout)
+  t5video data charades-sta|tacos|tvsum|youtube-highlights --root DIR
+                                               (their annotations into the QVHighlights layout)
   t5video standins --out DIR [--config configs/standins/default.py] [--config.KEY=VALUE ...]
   t5video extract-features ...   (see `t5video extract-features --help`)
   t5video convert --hf-dir DIR --out DIR
@@ -261,17 +262,18 @@ def cmd_ground(argv: Sequence[str]) -> int:
 def cmd_data(argv: Sequence[str]) -> int:
   if not argv or argv[0] in ("-h", "--help"):
     print("usage: t5video data synthetic --out DIR --num-videos N --seed S\n"
-          "       t5video data charades-sta|tacos --root DIR [--out DIR] [--video-root DIR]"
+          "       t5video data charades-sta|tacos|tvsum|youtube-highlights --root DIR [--out DIR] [--video-root DIR]"
           "   (into the QVHighlights layout)")
     return 0
-  if argv[0] in ("charades-sta", "tacos"):
+  if argv[0] in ("charades-sta", "tacos", "tvsum", "youtube-highlights"):
     from t5video.data import grounding_formats, layouts
     try:
       return int(grounding_formats.main(argv[0], list(argv[1:])) or 0)
     except (FileNotFoundError, layouts.AnnotationError) as e:
       raise SystemExit(f"t5video data {argv[0]}: {e}")
   if argv[0] != "synthetic":
-    raise SystemExit(f"t5video data: unknown subcommand {argv[0]!r} (known: synthetic, charades-sta, tacos)")
+    raise SystemExit(f"t5video data: unknown subcommand {argv[0]!r} (known: synthetic, charades-sta, tacos, "
+                     "tvsum, youtube-highlights)")
   from t5video.data import synthetic
   return int(synthetic.main(list(argv[1:])) or 0)
 

@@ -18,6 +18,24 @@ What the converted lines hold: ``qid`` (running over the split, in file order), 
 saliency, so the lines carry no ``relevant_clip_ids`` / ``saliency_scores``: training then takes
 the saliency targets from the windows and evaluation reports moment retrieval only.
 
+Two highlight-detection benchmarks have per-clip scores and no moments; their lines carry
+``domain``, ``clip_seconds`` (the annotation period), ``clip_scores`` (per annotated clip, every
+annotator's score) and ``score_range`` (``[lowest, highest]`` possible score), with no
+``relevant_windows``; the query is the video's title (TVSum) or its domain's query (YouTube).
+The splits are the per-domain train / val lists every paper since UMT uses
+(``highlight_splits.json``); a video of the annotations that no split lists is left out, and said:
+
+* **TVSum** (``t5video data tvsum --root DIR``): the release's ``ydata-tvsum50-anno.tsv`` (per
+  video 20 rows ``<vid>\t<category>\t<score,score,...>``, one 1-5 score per frame, constant over
+  the 2-second shots the annotators scored) and ``ydata-tvsum50-info.tsv`` (``category``,
+  ``video_id``, ``title``, ``url``, ``length`` as ``m:ss``). Clips are 2 s; a clip's scores are
+  the frame scores at its middle, the frame rate being frames / duration, the duration the video
+  file's (``DIR/video/<vid>.mp4``, the release's folder, or ``--video-root``) or else ``length``.
+* **YouTube Highlights** (``t5video data youtube-highlights --root DIR``): ``youtube_anno.json``
+  as UMT released it, ``{vid: {"frames": N, "fps": F, "match": [-1 | 1 per clip], "info": [...],
+  ...}}``; the duration is frames / fps, the clips split it evenly (their length varies by video),
+  the query is ``info[5]`` when present, else the domain's name.
+
 A malformed line raises :class:`t5video.data.layouts.AnnotationError` naming the file and line.
 """
 
@@ -95,13 +113,20 @@ def read_charades_sta(txt_path: str, lengths: dict[str, float], video_root: str)
   return rows
 
 
-def read_tacos(json_path: str) -> list[dict]:
-  """QVHighlights-layout rows of one TACoS split file (2D-TAN's ``{train,val,test}.json``)."""
+def _read_json(json_path: str):
+  """A JSON annotation file; a missing or invalid one is named."""
+  if not os.path.isfile(json_path):
+    raise FileNotFoundError(f"{json_path}: not found")
   with open(json_path, encoding="utf-8") as f:
     try:
-      data = json.load(f)
+      return json.load(f)
     except json.JSONDecodeError as e:
       raise AnnotationError(f"{json_path}: invalid JSON ({e})") from e
+
+
+def read_tacos(json_path: str) -> list[dict]:
+  """QVHighlights-layout rows of one TACoS split file (2D-TAN's ``{train,val,test}.json``)."""
+  data = _read_json(json_path)
   rows = []
   for name, video in data.items():
     where = f"{json_path}: video {name!r}"
@@ -128,6 +153,138 @@ def read_tacos(json_path: str) -> list[dict]:
   return rows
 
 
+# --------------------------------------------------------------------------------------------
+# Highlight detection: TVSum and YouTube Highlights
+# --------------------------------------------------------------------------------------------
+
+HIGHLIGHT_BENCHMARKS = ("tvsum", "youtube-highlights")
+TVSUM_CLIP_SECONDS = 2.0
+
+
+def highlight_splits() -> dict:
+  """``{'tvsum' | 'youtube_highlights': {domain: {'train': [vid...], 'val': [vid...]}}}``."""
+  path = os.path.join(os.path.dirname(__file__), "highlight_splits.json")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _seconds(length: str, where: str) -> float:
+  """``'m:ss'`` or ``'h:mm:ss'`` -> seconds."""
+  try:
+    value = 0.0
+    for part in str(length).strip().split(":"):
+      value = value * 60 + float(part)
+    return value
+  except ValueError as e:
+    raise AnnotationError(f"{where}: length {length!r} is not m:ss") from e
+
+
+def read_tvsum(root: str, video_root: Optional[str] = None) -> list[dict]:
+  """One line per TVSum video from the release's two TSV files (see the module docstring)."""
+  anno_path = os.path.join(root, "ydata-tvsum50-anno.tsv")
+  info_path = os.path.join(root, "ydata-tvsum50-info.tsv")
+  for path in (anno_path, info_path):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: not found (the TVSum release's data/ folder holds it)")
+  info: dict[str, dict] = {}
+  with open(info_path, newline="", encoding="utf-8") as f:
+    for lineno, row in enumerate(csv.DictReader(f, delimiter="\t"), start=2):
+      missing = [k for k in ("category", "video_id", "title", "length") if not row.get(k)]
+      if missing:
+        raise AnnotationError(f"{info_path}:{lineno}: missing {missing}")
+      info[row["video_id"]] = row
+  users: dict[str, list[list[float]]] = {}
+  category: dict[str, str] = {}
+  with open(anno_path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      parts = line.rstrip("\n").split("\t")
+      where = f"{anno_path}:{lineno}"
+      if len(parts) != 3:
+        raise AnnotationError(f"{where}: expected '<video_id>\\t<category>\\t<scores>', got "
+                              f"{len(parts)} fields")
+      try:
+        scores = [float(x) for x in parts[2].split(",")]
+      except ValueError as e:
+        raise AnnotationError(f"{where}: the scores must be comma-separated numbers") from e
+      vid = parts[0]
+      if users.get(vid) and len(users[vid][0]) != len(scores):
+        raise AnnotationError(f"{where}: {len(scores)} frame scores, but an earlier row of {vid!r} "
+                              f"has {len(users[vid][0])}")
+      users.setdefault(vid, []).append(scores)
+      category[vid] = parts[1]
+  rows = []
+  for vid, per_user in users.items():
+    if vid not in info:
+      raise AnnotationError(f"{anno_path}: video {vid!r} is not in {info_path}")
+    frames = len(per_user[0])
+    path = _find_video(video_root, vid) if video_root else None
+    if path:
+      from t5video.data import decode  # pylint: disable=g-import-not-at-top
+      duration = float(decode.probe(path).duration)
+    else:
+      duration = _seconds(info[vid]["length"], f"{info_path} ({vid})")
+    if duration <= 0:
+      raise AnnotationError(f"{info_path}: video {vid!r} has length {duration}")
+    clips = max(int(duration // TVSUM_CLIP_SECONDS), 1)
+    fps = frames / duration
+    # [users, frames] -> [clips, users]: each user's score at the clip's middle frame
+    table = [[per_user[u][min(int(((c + 0.5) * TVSUM_CLIP_SECONDS) * fps), frames - 1)]
+              for u in range(len(per_user))] for c in range(clips)]
+    rows.append({"vid": vid, "query": info[vid]["title"], "duration": round(duration, 3),
+                 "domain": category[vid], "clip_seconds": TVSUM_CLIP_SECONDS,
+                 "clip_scores": table, "score_range": [1, 5]})
+  return rows
+
+
+def read_youtube_highlights(json_path: str) -> list[dict]:
+  """One line per video of UMT's ``youtube_anno.json`` (see the module docstring)."""
+  data = _read_json(json_path)
+  rows = []
+  for vid, video in data.items():
+    where = f"{json_path}: video {vid!r}"
+    try:
+      frames, fps, match = float(video["frames"]), float(video["fps"]), list(video["match"])
+      match = [float(m) for m in match]
+    except (KeyError, TypeError, ValueError) as e:
+      raise AnnotationError(f"{where}: needs numeric 'frames' and 'fps' and a list 'match' ({e!r})") from e
+    if frames <= 0 or fps <= 0 or not match:
+      raise AnnotationError(f"{where}: frames {frames}, fps {fps} and {len(match)} match labels "
+                            "must all be positive")
+    info = video.get("info") or []
+    duration = frames / fps
+    rows.append({"vid": vid, "query": str(info[5]) if len(info) > 5 else "",
+                 "duration": round(duration, 3), "clip_seconds": duration / len(match),
+                 "clip_scores": [[m] for m in match], "score_range": [-1, 1]})
+  return rows
+
+
+def split_highlights(rows: Sequence[dict], benchmark: str, log=print) -> dict[str, list[dict]]:
+  """``{'train': rows, 'val': rows}`` by the published per-domain splits, each row given its
+  ``domain`` and a ``qid`` (running over the split)."""
+  splits = highlight_splits()["tvsum" if benchmark == "tvsum" else "youtube_highlights"]
+  by_vid = {r["vid"]: r for r in rows}
+  out: dict[str, list[dict]] = {"train": [], "val": []}
+  listed = set()
+  for domain, parts in splits.items():
+    for split, vids in parts.items():
+      for vid in vids:
+        if vid in by_vid:
+          row = dict(by_vid[vid], domain=domain)
+          if not row["query"]:
+            row["query"] = domain
+          out[split].append({"qid": len(out[split]), **row})
+          listed.add(vid)
+  unlisted = sorted(set(by_vid) - listed)
+  missing = sum(len(v) for parts in splits.values() for v in parts.values()) - len(listed)
+  if unlisted or missing:
+    log(f"{benchmark}: {len(unlisted)} annotated videos are in no split (left out"
+        f"{': ' + ', '.join(unlisted[:5]) if unlisted else ''}); {missing} split videos have no "
+        "annotation")
+  return out
+
+
 def write_jsonl(rows: Sequence[dict], path: str) -> str:
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w", encoding="utf-8") as f:
@@ -149,6 +306,7 @@ def convert(benchmark: str, root: str, out: Optional[str] = None,
   """Writes ``highlight_<split>_release.jsonl`` into ``out`` (default ``root``) for every split
   file of ``benchmark`` ('charades-sta' | 'tacos') found in ``root``; returns the paths."""
   out = out or root
+  given_video_root = video_root
   video_root = video_root or os.path.join(root, "videos")
   os.makedirs(out, exist_ok=True)
   written = []
@@ -163,13 +321,25 @@ def convert(benchmark: str, root: str, out: Optional[str] = None,
       rows = read_tacos(path)
       written.append(write_jsonl(rows, os.path.join(out, f"highlight_{split}_release.jsonl")))
       log(f"{path}: {len(rows)} queries, {len({r['vid'] for r in rows})} videos -> {written[-1]}")
+  elif benchmark in HIGHLIGHT_BENCHMARKS:
+    if benchmark == "tvsum":
+      rows = read_tvsum(root, given_video_root or next(
+          (p for p in (os.path.join(root, "video"), video_root) if os.path.isdir(p)), None))
+    else:
+      rows = read_youtube_highlights(os.path.join(root, "youtube_anno.json"))
+    for split, part in split_highlights(rows, benchmark, log=log).items():
+      written.append(write_jsonl(part, os.path.join(out, f"highlight_{split}_release.jsonl")))
+      log(f"{benchmark} {split}: {len(part)} videos in {len({r['domain'] for r in part})} domains "
+          f"-> {written[-1]}")
   else:
-    raise ValueError(f"unknown grounding benchmark {benchmark!r} (known: charades-sta, tacos)")
+    raise ValueError(f"unknown grounding benchmark {benchmark!r} (known: charades-sta, tacos, "
+                     f"{', '.join(HIGHLIGHT_BENCHMARKS)})")
   return written
 
 
 def main(benchmark: str, argv: Optional[Sequence[str]] = None) -> int:
-  """``t5video data charades-sta|tacos --root DIR [--out DIR] [--video-root DIR]``."""
+  """``t5video data charades-sta|tacos|tvsum|youtube-highlights --root DIR [--out DIR]
+  [--video-root DIR]``."""
   p = argparse.ArgumentParser(
       prog=f"t5video data {benchmark}",
       description=f"Convert {benchmark} annotations into the QVHighlights layout that the "
@@ -177,7 +347,8 @@ def main(benchmark: str, argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--root", required=True, help="the folder with the benchmark's annotation files")
   p.add_argument("--out", default=None, help="where to write the JSONL files (default: --root)")
   p.add_argument("--video-root", default=None,
-                 help="the videos, for lengths missing from the annotations (default ROOT/videos)")
+                 help="the videos, for lengths missing from the annotations (default ROOT/videos; "
+                      "TVSum: ROOT/video, the release's folder)")
   args = p.parse_args(argv)
   convert(benchmark, args.root, args.out, args.video_root)
   return 0

@@ -85,6 +85,9 @@ class R2TuningConfig:
   drop_path: float = 0.1        # in the decoder layer
   use_tef: bool = True          # temporal end-point features on the video tokens
   head: str = "r2"              # 'r2' | 'meanpool' (ablation baseline)
+  # Highlight detection only (TVSum, YouTube Highlights): no boundary head, the class logit of
+  # each clip (strides (1,)) is its saliency, trained by BCE on the clip's score.
+  highlight_only: bool = False
   max_moments: int = 50         # moments kept at inference
   # losses (weights: QVHighlights)
   sample_radius: float = 1.5
@@ -376,17 +379,21 @@ class R2Tuning(nn.Module):
     layer_query = pooling(layer_query.reshape(kk * b, l, c),
                           jnp.tile(query_mask, (kk, 1))).reshape(kk, b, c)
     class_head = ConvHead(cfg.dim, 1, dt, name="class_head")
-    coord_head = ConvHead(cfg.dim, 2, dt, name="coord_head")
-    coef = self.param("coef", nn.with_logical_partitioning(nn.initializers.ones_init(), (None,)),
-                      (len(cfg.strides),), jnp.float32)
+    if not cfg.highlight_only:
+      coord_head = ConvHead(cfg.dim, 2, dt, name="coord_head")
+      coef = self.param("coef", nn.with_logical_partitioning(nn.initializers.ones_init(), (None,)),
+                        (len(cfg.strides),), jnp.float32)
     t = video.shape[2]
     logits, coords = [], []
     for (s, n), h in zip(pyramid_lengths(t, cfg.strides), levels):
       # zero the level's padded positions too (a lone video's conv would see zeros there)
       valid = (jnp.arange(n)[None, :] < (video_mask.sum(axis=1) // s)[:, None]).astype(dt)
       logits.append(class_head(h, valid)[..., 0])                           # [b, n]
-      coords.append(jnp.exp(coord_head(h, valid).astype(jnp.float32))
-                    * coef[cfg.strides.index(s)])                           # [b, n, 2]
+      if cfg.highlight_only:   # no moments: zero distances keep the outputs' shapes
+        coords.append(jnp.zeros((h.shape[0], n, 2), jnp.float32))
+      else:
+        coords.append(jnp.exp(coord_head(h, valid).astype(jnp.float32))
+                      * coef[cfg.strides.index(s)])                         # [b, n, 2]
     return {
         "video_emb": video_emb,
         "query_emb": query_emb,

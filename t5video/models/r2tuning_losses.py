@@ -20,6 +20,11 @@ Losses (weights from the config, QVHighlights: 1.0 / 0.2 / 0.1 / 0.1 / 0.1):
   projected CLS at the positive clip and its pooled query, across the batch (per layer) and
   across layers (per video).
 
+Highlight detection only (``highlight_only``; TVSum and YouTube Highlights, strides ``(1,)``):
+no regression; ``cls`` is BCE between each clip's logit and its saliency score in [0, 1],
+averaged over the valid clips; ``sal`` keeps only the row term; saliency at inference is
+sigmoid(class logit) alone (the public configs' ``merge_cls_sal=False``).
+
 Inference: saliency = the max over pyramid levels of sigmoid(class logit), each level's score
 spread back over its clips as the reference does (repeat by ``t // n``, the last one carried),
 × cosine(video clip, query); moments = every valid point's ``[pos − d_s·s, pos + d_e·s] / fps``
@@ -143,10 +148,17 @@ def cosine(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
   return num / jnp.maximum(den, eps)
 
 
+def bce_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+  """Sigmoid BCE against soft targets in [0, 1], weighted, summed and divided by the weight sum."""
+  bce = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+  return (bce * weights).sum() / jnp.maximum(weights.sum(), 1e-6)
+
+
 def sampled_nce_loss(video_emb: jax.Array, query_emb: jax.Array, video_mask: jax.Array,
                      saliency: jax.Array, pos_clip: jax.Array, temperature: float = 0.07,
-                     max_scale: float = 100.0) -> jax.Array:
-  """Saliency NCE. ``video_emb [b, t, c]``, ``query_emb [b, c]``, ``saliency [b, t]``, ``pos_clip [b]``."""
+                     max_scale: float = 100.0, column: bool = True) -> jax.Array:
+  """Saliency NCE. ``video_emb [b, t, c]``, ``query_emb [b, c]``, ``saliency [b, t]``, ``pos_clip [b]``;
+  ``column=False`` keeps the row term only."""
   b = video_emb.shape[0]
   rows = jnp.arange(b)
   scale = min(1.0 / temperature, max_scale)
@@ -157,6 +169,8 @@ def sampled_nce_loss(video_emb: jax.Array, query_emb: jax.Array, video_mask: jax
   # row: each video's positive clip against its own candidate clips
   row = jax.nn.log_softmax(sim, axis=1)[rows, pos_clip]
   # column: that clip index across the batch, [b, t] -> [b(videos), b(targets)]
+  if not column:
+    return -row.mean()
   col = jax.nn.log_softmax(sim[:, pos_clip], axis=0)[rows, rows]
   return -row.mean() - col.mean()
 
@@ -185,18 +199,20 @@ def r2tuning_loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Arra
   """
   video_mask = batch["video_mask"]
   t = video_mask.shape[1]
-  points = jnp.asarray(point_table(t, config.strides))
-  cls_t, reg_t = build_targets(points, batch["boundaries"].astype(jnp.float32),
-                               batch["boundary_mask"], config.sample_radius)
   valid = point_mask(video_mask, config.strides, "train").astype(jnp.float32)
-  losses = {
-      "cls": focal_loss(outputs["class_logits"], cls_t, valid, config.focal_gamma),
-      "reg": l1_loss(outputs["coords"], reg_t, cls_t),
-      "sal": sampled_nce_loss(outputs["video_emb"].astype(jnp.float32),
-                              outputs["query_emb"].astype(jnp.float32), video_mask,
-                              batch["saliency"], batch["pos_clip"], config.temperature,
-                              config.max_logit_scale),
-  }
+  if config.highlight_only:   # strides (1,): the points are the clips
+    losses = {"cls": bce_loss(outputs["class_logits"], batch["saliency"].astype(jnp.float32), valid),
+              "reg": jnp.zeros((), jnp.float32)}
+  else:
+    points = jnp.asarray(point_table(t, config.strides))
+    cls_t, reg_t = build_targets(points, batch["boundaries"].astype(jnp.float32),
+                                 batch["boundary_mask"], config.sample_radius)
+    losses = {"cls": focal_loss(outputs["class_logits"], cls_t, valid, config.focal_gamma),
+              "reg": l1_loss(outputs["coords"], reg_t, cls_t)}
+  losses["sal"] = sampled_nce_loss(outputs["video_emb"].astype(jnp.float32),
+                                   outputs["query_emb"].astype(jnp.float32), video_mask,
+                                   batch["saliency"], batch["pos_clip"], config.temperature,
+                                   config.max_logit_scale, column=not config.highlight_only)
   rows = jnp.arange(video_mask.shape[0])
   v_pos = outputs["layer_cls"][:, rows, batch["pos_clip"]].astype(jnp.float32)   # [K, b, c]
   q_pos = outputs["layer_query"].astype(jnp.float32)                             # [K, b, c]
@@ -216,8 +232,9 @@ def r2tuning_loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Arra
 
 
 def predict_saliency(outputs: Mapping[str, jax.Array], video_mask: jax.Array,
-                     strides: Sequence[int]) -> jax.Array:
-  """Per-clip saliency ``[b, t]`` (0 on padded clips)."""
+                     strides: Sequence[int], with_cosine: bool = True) -> jax.Array:
+  """Per-clip saliency ``[b, t]`` (0 on padded clips); ``with_cosine=False``: the class
+  probability alone (highlight detection)."""
   b, t = video_mask.shape
   lengths = video_mask.sum(axis=1).astype(jnp.int32)                        # [b]
   probs = jax.nn.sigmoid(outputs["class_logits"])                           # [b, n]
@@ -231,6 +248,8 @@ def predict_saliency(outputs: Mapping[str, jax.Array], video_mask: jax.Array,
     idx = jnp.minimum(clip // jnp.maximum(repeat, 1)[:, None], jnp.maximum(n_b - 1, 0)[:, None])
     spread = jnp.take_along_axis(level, jnp.minimum(idx, n - 1), axis=1)    # [b, t]
     best = jnp.maximum(best, jnp.where((n_b > 0)[:, None], spread, -jnp.inf))
+  if not with_cosine:
+    return jnp.where(video_mask > 0, best, 0.0)
   sim = cosine(outputs["video_emb"].astype(jnp.float32),
                outputs["query_emb"].astype(jnp.float32)[:, None, :])        # [b, t]
   return jnp.where(video_mask > 0, best * sim, 0.0)
@@ -334,15 +353,25 @@ def clip_saliency(num_clips: int, boundaries_clips: np.ndarray,
   return sal
 
 
-def sample_positive_clip(saliency: np.ndarray, rng: np.random.Generator) -> int:
-  """A clip with saliency > 0, uniformly (the NCE loss's positive)."""
-  pos = np.nonzero(saliency > 0)[0]
+def sample_positive_clip(saliency: np.ndarray, rng: np.random.Generator,
+                         above_median: bool = False) -> int:
+  """A clip with saliency > 0, uniformly (the NCE loss's positive). ``above_median``
+  (highlight detection; ``saliency`` holds the video's real clips only): a clip above the
+  video's (lower) median saliency, or one at its maximum when none is above."""
+  if above_median:
+    saliency = np.asarray(saliency)
+    lower_median = np.sort(saliency)[(len(saliency) - 1) // 2]   # torch.median's, as the reference
+    pos = np.nonzero(saliency > lower_median)[0]
+    if len(pos) == 0:
+      pos = np.nonzero(saliency >= saliency.max())[0]
+  else:
+    pos = np.nonzero(saliency > 0)[0]
   if len(pos) == 0:
     raise ValueError("no clip with positive saliency to sample")
   return int(rng.choice(pos))
 
 
-__all__ = ["build_targets", "clip_saliency", "cosine", "focal_loss", "info_nce_loss",
+__all__ = ["bce_loss", "build_targets", "clip_saliency", "cosine", "focal_loss", "info_nce_loss",
            "l1_loss", "point_mask", "point_table", "postprocess_moments", "predict_moments",
            "predict_saliency", "prepare_boundaries", "r2tuning_loss", "sample_positive_clip",
            "sampled_nce_loss", "temporal_iou", "temporal_nms"]

@@ -21,6 +21,7 @@ HEADS = ("r2", "meanpool")
 # on blank videos (a stage, t5video.evaluate.controls.text_only_stage) and reports its numbers.
 CONTROLS = ("other_frames", "text_only", "text_only_trained")
 NMS_KINDS = ("normal", "linear", "gaussian")
+HIGHLIGHT_METRICS = ("", "tvsum", "youtube")
 
 # Free-form sections: the random CLIP's tower overrides, layout and renderer arguments.
 OPEN_SECTIONS = ("model.clip", "data.layout_kwargs", "data.synthetic")
@@ -55,6 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.loss_sal = 0.1
   c.model.loss_video_cal = 0.1
   c.model.loss_layer_cal = 0.1
+  # Highlight detection only (TVSum, YouTube Highlights: per-clip scores, no moments): no
+  # boundary head, BCE of each clip's logit against its score, saliency = sigmoid(logit).
+  # Needs model.strides=(1,).
+  c.model.highlight_only = False
   c.model.dtype = "float32"
   # The frozen CLIP: an HF CLIP directory (config.json + weights, e.g. openai/clip-vit-base-patch32);
   # 'standins:configs/standins/default.py': the stand-in CLIP `t5video standins` builds (cached);
@@ -75,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.layout_kwargs = {}
   c.data.synthetic = {}             # render_grounding_dataset arguments (num_videos > 0: render)
   c.data.train_split = "train"
+  c.data.domain = ""                # keep only the lines of this 'domain' (TVSum, YouTube Highlights)
   c.data.fps = 0.5                  # one frame per 2-second clip
   c.data.max_clips = 75             # clips per video (150 s at 0.5 fps); longer videos are cut
   c.data.max_windows = 4            # ground-truth windows kept per query
@@ -98,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_queries = 0            # 0 = all
   c.eval.controls = ("other_frames", "text_only")
   c.eval.baselines = True
+  # '' = QVHighlights' highlight metrics (HL-min-*); 'tvsum' = TVSum's top-5 mAP over its 20
+  # annotators; 'youtube' = YouTube Highlights' mAP. The last two read the lines' clip_scores.
+  c.eval.highlight_metric = ""
   return c
 
 
@@ -126,12 +135,64 @@ def paper_config(config_file: str, arg: str | None, *, num_train: int, batch_siz
   c.optim.schedule = "cosine"
   c.optim.learning_rate = learning_rate
   c.model.head = head
+  _real_data(c)
+  return c
+
+
+def _real_data(c: ml_collections.ConfigDict) -> None:
+  """What every benchmark config shares: OpenAI's ViT-B/32 under ``$T5VIDEO_CHECKPOINTS``, the
+  QVHighlights layout under ``--config.data.root=DIR``, 4 extraction and loading workers."""
   c.model.clip_init = os.path.join(checkpoint_dir(), "clip-vit-base-patch32")
   c.data.layout = "qvhighlights"
-  c.data.root = ""                  # --config.data.root=DIR
+  c.data.root = ""
   c.data.extract_workers = 4
   c.data.worker_count = 4
   c.data.read_threads = 4
+
+
+def highlight_config(config_file: str, arg: str | None, *, splits: dict, epochs: int,
+                     fps: float, max_clips: int, metric: str) -> ml_collections.ConfigDict:
+  """A highlight-detection benchmark config as the paper trains it (TVSum, YouTube Highlights):
+  one model per domain, strides (1,), no temporal end-point features, no boundary head, BCE on
+  every clip's score and the row term of the saliency NCE, saliency = sigmoid(class logit);
+  batch 4, ``epochs`` passes over the domain's training videos, 50 warm-up steps then a constant
+  learning rate (the paper's ``lr_schedule=None``), evaluated every tenth of the run, the best
+  ``metric`` kept.
+
+  ``arg``: ``DOMAIN`` or ``DOMAIN,meanpool`` (none: the first domain in ``splits``' order);
+  ``splits``: ``{domain: {'train': [...], 'val': [...]}}``.
+  """
+  parts = [p for p in (arg or "").split(",") if p]
+  domain = parts[0] if parts else next(iter(splits))
+  head = parts[1] if len(parts) > 1 else "r2"
+  if domain not in splits or head not in HEADS or len(parts) > 2:
+    raise ValueError(f"{config_file}: arg must be DOMAIN[,meanpool] with DOMAIN one of "
+                     f"{sorted(splits)}, got {arg!r}")
+  batch = 4
+  steps_per_epoch = max(1, math.ceil(len(splits[domain]["train"]) / batch))
+  c = base_config()
+  c.seed = 2024
+  c.train.batch_size = batch
+  c.train.num_steps = epochs * steps_per_epoch
+  c.train.log_every = 50
+  c.train.eval_every = max(1, c.train.num_steps // 10)
+  c.train.checkpoint_every = c.train.eval_every
+  c.train.max_to_keep = 2
+  c.train.best_metric = metric
+  c.optim.schedule = "constant"
+  c.optim.warmup_steps = 50
+  c.model.head = head
+  c.model.highlight_only = True
+  c.model.strides = (1,)
+  c.model.use_tef = False
+  c.model.loss_reg = 0.0
+  _real_data(c)                     # --config.data.root=DIR, converted by `t5video data ...`
+  c.data.domain = domain
+  c.data.fps = fps
+  c.data.max_clips = max_clips
+  c.eval.split = "val"
+  c.eval.batch_size = 4
+  c.eval.highlight_metric = "tvsum" if "TVSum" in metric else "youtube"
   return c
 
 
@@ -172,6 +233,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if e.protocol not in grounding.PROTOCOLS:
     raise ValueError(f"eval.protocol must be one of {sorted(grounding.PROTOCOLS)}, got {e.protocol!r}")
   parse_nms(e.nms)
+  if m.highlight_only and tuple(m.strides) != (1,):
+    raise ValueError(f"model.highlight_only scores every clip: set model.strides=(1,), got "
+                     f"{tuple(m.strides)}")
+  if e.highlight_metric not in HIGHLIGHT_METRICS:
+    raise ValueError(f"eval.highlight_metric must be one of {HIGHLIGHT_METRICS}, got "
+                     f"{e.highlight_metric!r}")
+  if e.highlight_metric and not m.highlight_only:
+    raise ValueError(f"eval.highlight_metric={e.highlight_metric!r} is for model.highlight_only=True")
   for c in e.controls:
     if c not in CONTROLS:
       raise ValueError(f"eval.controls: unknown control {c!r}; known: {CONTROLS}")

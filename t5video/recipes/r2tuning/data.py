@@ -109,11 +109,19 @@ def read_queries(data: ml_collections.ConfigDict, split: str, max_queries: int =
     if row["qid"] in seen:
       raise layouts.AnnotationError(f"{where}: qid appears twice")
     seen.add(row["qid"])
+    if "clip_scores" in row:
+      check_clip_scores(row, where)
     clips = int(row["duration"] / 2.0)   # the metrics' clip count (2-second clips)
     bad = [c for c in row.get("relevant_clip_ids") or () if c >= clips]
     if bad:
       raise layouts.AnnotationError(f"{where}: relevant_clip_ids {bad} lie beyond the "
                                     f"{clips} 2-second clips of duration {row['duration']}")
+  if data.get("domain"):
+    keep = [i for i, r in enumerate(rows) if r.get("domain") == data.domain]
+    if not keep:
+      domains = sorted({str(r.get("domain")) for r in rows if r.get("domain")})
+      raise ValueError(f"{path}: no line of data.domain={data.domain!r} (domains: {domains})")
+    rows, records = [rows[i] for i in keep], [records[i] for i in keep]
   if max_queries:
     rows, records = rows[:max_queries], records[:max_queries]
   videos: dict[str, int] = {}
@@ -129,6 +137,50 @@ def read_queries(data: ml_collections.ConfigDict, split: str, max_queries: int =
                                 end=int(data.max_clips) / float(data.fps)))
     index[i] = videos[vid]
   return QuerySet(split=split, rows=rows, videos=unique, video_index=index)
+
+
+def check_clip_scores(row: dict, where: str) -> None:
+  """A highlight-detection line's ``clip_seconds`` > 0, ``clip_scores`` (a non-empty list of
+  equal-length score lists) and ``score_range`` ``[low, high]``, low < high."""
+  scores, period, span = row.get("clip_scores"), row.get("clip_seconds"), row.get("score_range")
+  if not isinstance(period, (int, float)) or not period > 0:
+    raise layouts.AnnotationError(f"{where}: clip_seconds must be a number > 0, got {period!r}")
+  if (not isinstance(scores, list) or not scores or not all(isinstance(x, list) and x for x in scores)
+      or len({len(x) for x in scores}) != 1):
+    raise layouts.AnnotationError(f"{where}: clip_scores must be a list of equal-length lists "
+                                  "of annotator scores, one per clip")
+  if not (isinstance(span, list) and len(span) == 2 and span[0] < span[1]):
+    raise layouts.AnnotationError(f"{where}: score_range must be [low, high], got {span!r}")
+
+
+def highlight_targets(row: dict, num_clips: int, fps: float) -> np.ndarray:
+  """``[num_clips]`` saliency targets in [0, 1] of a highlight-detection line: each sampled clip
+  (centre ``(i + 0.5) / fps`` s) takes the mean annotator score of the annotated clip it falls
+  in, scaled by ``score_range`` (TVSum: (mean - 1) / 4, the reference's (sum - 20) / 80;
+  YouTube Highlights: (match + 1) / 2)."""
+  low, high = (float(x) for x in row["score_range"])
+  scores = (np.asarray(row["clip_scores"], np.float64).mean(axis=1) - low) / (high - low)
+  centres = (np.arange(num_clips) + 0.5) / fps
+  idx = np.minimum((centres / float(row["clip_seconds"])).astype(np.int64), len(scores) - 1)
+  return scores[idx].astype(np.float32)
+
+
+def annotated_clip_scores(row: dict, predicted: Sequence[float], fps: float) -> np.ndarray:
+  """The predicted saliency of each annotated clip of a highlight-detection line: the mean over
+  the sampled clips whose centre falls in it, or the sampled clip nearest its centre when none
+  does (annotated clips shorter than the sampling period). Missing predictions count as 0."""
+  period, n = float(row["clip_seconds"]), len(row["clip_scores"])
+  pred = np.asarray(predicted, np.float64)
+  if len(pred) == 0:
+    return np.zeros(n)
+  centres = (np.arange(len(pred)) + 0.5) / fps
+  owner = (centres / period).astype(np.int64)                               # [sampled]
+  total = np.bincount(owner[owner < n], weights=pred[owner < n], minlength=n)
+  count = np.bincount(owner[owner < n], minlength=n)
+  near = ((np.arange(n) + 0.5) * period * fps).astype(np.int64)             # [annotated]
+  nearest = pred[np.minimum(near, len(pred) - 1)]
+  beyond = near >= len(pred)                                                # past the predictions
+  return np.where(count > 0, total / np.maximum(count, 1), np.where(beyond, 0.0, nearest))
 
 
 # =============================================================================
@@ -481,11 +533,14 @@ class QuerySource:
       if g:
         boundaries[:g] = losses.prepare_boundaries(windows[:g], n, self.fps)
         boundary_mask[:g] = 1
-      # QVHighlights' saliency is per 2-second clip; other clip lengths use the windows.
-      ids = row.get("relevant_clip_ids") if abs(1 / self.fps - 2.0) < 1e-6 else None
-      sal[:n] = losses.clip_saliency(n, boundaries[:g], ids, row.get("saliency_scores") if ids else None)
-      if not (sal[:n] > 0).any():
-        sal[:n] = losses.clip_saliency(n, boundaries[:g])
+      if "clip_scores" in row:   # highlight detection: every clip has a score
+        sal[:n] = highlight_targets(row, n, self.fps)
+      else:
+        # QVHighlights' saliency is per 2-second clip; other clip lengths use the windows.
+        ids = row.get("relevant_clip_ids") if abs(1 / self.fps - 2.0) < 1e-6 else None
+        sal[:n] = losses.clip_saliency(n, boundaries[:g], ids, row.get("saliency_scores") if ids else None)
+        if not (sal[:n] > 0).any():
+          sal[:n] = losses.clip_saliency(n, boundaries[:g])
     return {"video": np.ascontiguousarray(video), "video_mask": frame_mask.astype(np.int32),
             "query": np.asarray(feats[i]), "query_mask": np.asarray(mask[i], np.int32),
             "boundaries": boundaries, "boundary_mask": boundary_mask, "saliency": sal,
@@ -495,15 +550,22 @@ class QuerySource:
 
 class TrainExample:
   """Samples the saliency loss's positive clip (seeded by seed, epoch and position) and makes
-  invalid or padding examples harmless (one real clip, no window)."""
+  invalid or padding examples harmless (one real clip, no window). ``above_median``: the
+  positive is a clip above the video's median saliency (highlight detection)."""
 
-  def __init__(self, seed: int, min_clips: int):
+  def __init__(self, seed: int, min_clips: int, above_median: bool = False):
     self.seed = seed
     self.min_clips = min_clips
+    self.above_median = above_median
 
   def __call__(self, ex: dict) -> dict:
     ex = dict(ex)
     sal = np.array(ex["saliency"], np.float32)
+    if self.above_median and bool(ex["valid"]) and int(ex["num_clips"]) > 0:
+      rng = np.random.default_rng([self.seed, int(ex["epoch"]), int(ex["position"]), 11])
+      ex["pos_clip"] = np.int32(losses.sample_positive_clip(sal[:int(ex["num_clips"])], rng,
+                                                            above_median=True))
+      return ex
     if not bool(ex["valid"]) or not (sal > 0).any():
       mask = np.zeros_like(ex["video_mask"])
       mask[:self.min_clips] = 1

@@ -1,7 +1,7 @@
 """R2-Tuning's predictions: batched inference over cached features, and ``t5video ground``.
 
 Inference is the paper's: saliency = the max over pyramid levels of sigmoid(class logit) ×
-cosine(clip, query); moments = every pyramid point's window scored by sigmoid(class), the
+cosine(clip, query) (``model.highlight_only``: sigmoid(class logit) alone); moments = every pyramid point's window scored by sigmoid(class), the
 top ``model.max_moments``, clamped to the video, rounded to the clip length and (when
 ``eval.nms`` is set) non-maximum suppressed (:mod:`t5video.models.r2tuning_losses`).
 """
@@ -25,18 +25,20 @@ _BATCH_KEYS = ("video", "video_mask", "query", "query_mask")
 
 
 @functools.lru_cache(maxsize=8)
-def _forward_fn(model, fps: float, strides: tuple[int, ...], max_moments: int):
+def _forward_fn(model, fps: float, strides: tuple[int, ...], max_moments: int,
+                highlight_only: bool = False):
   def forward(params, video, video_mask, query, query_mask):
     out = model.apply({"params": params}, video, video_mask, query, query_mask, deterministic=True)
     return (losses.predict_moments(out, video_mask, fps, strides, max_moments),
-            losses.predict_saliency(out, video_mask, strides))
+            losses.predict_saliency(out, video_mask, strides, with_cosine=not highlight_only))
   return jax.jit(forward)
 
 
 def forward(task, params, batch: dict) -> tuple[np.ndarray, np.ndarray]:
   """``(moments [b, m, 3] (start s, end s, score), saliency [b, t])`` of a batch of examples."""
   c = task.model_config
-  fn = _forward_fn(task.model, float(task.config.data.fps), tuple(c.strides), int(c.max_moments))
+  fn = _forward_fn(task.model, float(task.config.data.fps), tuple(c.strides), int(c.max_moments),
+                   bool(c.highlight_only))
   moments, saliency = fn(params, *(batch[k] for k in _BATCH_KEYS))
   return np.asarray(moments), np.asarray(saliency)
 

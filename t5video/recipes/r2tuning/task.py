@@ -61,7 +61,7 @@ def model_config(config: ml_collections.ConfigDict) -> r2.R2TuningConfig:
       use_tef=bool(m.use_tef), head=m.head, max_moments=int(m.max_moments),
       sample_radius=float(m.sample_radius), loss_cls=float(m.loss_cls), loss_reg=float(m.loss_reg),
       loss_sal=float(m.loss_sal), loss_video_cal=float(m.loss_video_cal),
-      loss_layer_cal=float(m.loss_layer_cal), dtype=m.dtype)
+      loss_layer_cal=float(m.loss_layer_cal), highlight_only=bool(m.highlight_only), dtype=m.dtype)
 
 
 class R2TuningTask(task_lib.Task):
@@ -162,7 +162,8 @@ class R2TuningTask(task_lib.Task):
         source, transform=pipeline.PassThrough(), batch_size=batch_size, seed=seed,
         shard_index=process_index, shard_count=process_count, worker_count=int(d.worker_count),
         read_threads=int(d.read_threads),
-        extra_transforms=(data_lib.TrainExample(seed, max(self.model_config.strides)),))
+        extra_transforms=(data_lib.TrainExample(seed, max(self.model_config.strides),
+                                                above_median=self.model_config.highlight_only),))
     return pipeline.KeyFilterIterator(it, list(self.batch_spec()))
 
   def loss_fn(self, params, batch, rng, *, train: bool):
