@@ -52,7 +52,8 @@ def test_shapes_and_normalisation(temporal):
   np.testing.assert_allclose(out.logit_scale, np.exp(2.6592), rtol=1e-5)
   np.testing.assert_allclose(out.logits_per_video, out.logit_scale * out.video_embeds @ out.text_embeds.T,
                              rtol=1e-5, atol=1e-5)
-  expected_frames = {"mean": (2, 4, 16), "single": (2, 1, 16), "spacetime": None}[temporal]
+  expected_frames = {"mean": (2, 4, 16), "single": (2, 1, 16), "spacetime": None,
+                     "ordered": (2, 4, 16)}[temporal]
   assert (None if out.frame_embeds is None else out.frame_embeds.shape) == expected_frames
 
 
@@ -100,6 +101,30 @@ def test_temporal_modes_differ():
   st, _ = model_st.apply({"params": params_st}, px, method=vifi.ViFiCLIP.encode_video)
   st_rev, _ = model_st.apply({"params": params_st}, reverse, method=vifi.ViFiCLIP.encode_video)
   assert np.max(np.abs(np.asarray(st) - np.asarray(st_rev))) > 1e-4
+
+
+def test_ordered_starts_as_the_mean_and_then_sees_order():
+  """'ordered' = the mean + a zero-initialised ordered read-out: equal to 'mean' at init (so a
+  pretrained CLIP starts where ViFi-CLIP does), not invariant to reversing the frames after."""
+  model_mean, params_mean = _init("mean")
+  model_ord, params_ord = _init("ordered")
+  params_ord = flax.core.unfreeze(params_ord)
+  assert set(params_ord) - set(params_mean) == {"ordered"}
+  for name in params_mean:            # the shared towers, as a converter would merge them
+    params_ord[name] = params_mean[name]
+  px = _pixels(4)
+  mean, _ = model_mean.apply({"params": params_mean}, px, method=vifi.ViFiCLIP.encode_video)
+  ordered, frames = model_ord.apply({"params": params_ord}, px, method=vifi.ViFiCLIP.encode_video)
+  np.testing.assert_allclose(ordered, mean, atol=1e-6)
+  assert frames.shape == (2, 4, 16)
+  kernel = params_ord["ordered"]["order_projection"]["kernel"]
+  assert not np.any(np.asarray(kernel))
+  params_ord["ordered"]["order_projection"]["kernel"] = jax.random.normal(jax.random.PRNGKey(1), kernel.shape)
+  fwd, _ = model_ord.apply({"params": params_ord}, px, method=vifi.ViFiCLIP.encode_video)
+  rev, _ = model_ord.apply({"params": params_ord}, px[:, ::-1], method=vifi.ViFiCLIP.encode_video)
+  assert np.max(np.abs(np.asarray(fwd) - np.asarray(rev))) > 1e-3
+  with pytest.raises(ValueError, match="num_frames=4, got 3 frames"):
+    model_ord.apply({"params": params_ord}, px[:, :3], method=vifi.ViFiCLIP.encode_video)
 
 
 def _np_log_softmax(x):

@@ -8,12 +8,15 @@ zero-shot (``novel/top1``, chance 25%), next to closed-set accuracy on the
 training classes, base/novel harmonic mean and caption retrieval.
 
 The argument picks the temporal model (the ablation): ``single`` (middle frame),
-``mean`` (ViFi-CLIP's temporal mean pooling, the default) or ``spacetime``
-(joint space-time attention with a learned temporal embedding)::
+``mean`` (ViFi-CLIP's temporal mean pooling, the default), ``spacetime``
+(joint space-time attention with a learned temporal embedding) or ``ordered``
+(the mean plus an ordered read-out of position-keeping frame tokens, zero at
+init; t5video/models/vificlip.py)::
 
   t5video train --config configs/vificlip/synthetic.py:mean --workdir runs/vifi_mean
   t5video train --config configs/vificlip/synthetic.py:single --workdir runs/vifi_single
   t5video train --config configs/vificlip/synthetic.py:spacetime --workdir runs/vifi_st
+  t5video train --config configs/vificlip/synthetic.py:ordered --workdir runs/vifi_ordered
 
 Hardware: one CPU (2 cores are enough); the dataset (1500 clips of 2-4 s on
 plain backgrounds without distractor objects) is rendered into ``data.root``
@@ -44,12 +47,13 @@ NOVEL_CLASSES = ("grows", "changes colour", "moves down", "disappears")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """``arg``: 'single' | 'mean' | 'spacetime', optionally ',tiny', ',textonly' and ',standins'."""
+  """``arg``: 'single' | 'mean' | 'spacetime' | 'ordered', optionally ',tiny', ',textonly' and
+  ',standins'."""
   parts = [p for p in (arg or "mean").split(",") if p]
   temporal = parts[0] if parts else "mean"
   tiny = "tiny" in parts[1:]
-  if temporal not in ("single", "mean", "spacetime") or set(parts[1:]) - {"tiny", "textonly", "standins"}:
-    raise ValueError(f"configs/vificlip/synthetic.py: arg must be single|mean|spacetime[,tiny][,textonly]"
+  if temporal not in ("single", "mean", "spacetime", "ordered") or set(parts[1:]) - {"tiny", "textonly", "standins"}:
+    raise ValueError(f"configs/vificlip/synthetic.py: arg must be single|mean|spacetime|ordered[,tiny][,textonly]"
                      f"[,standins], got {arg!r}")
 
   c = common.base_config()  # every key with its default; what differs is set below

@@ -14,6 +14,16 @@ learned temperature. This module implements that model and two variations:
   embedding ``[num_frames, embed]`` is added to every frame's patch tokens on
   top of CLIP's spatial position embedding. It starts at zero, so a pretrained
   CLIP starts from "attend over all frames, order unknown".
+* ``temporal='ordered'``: the mean of ``'mean'`` plus an ordered read-out of
+  the frames' patch tokens: each frame's patch grid (average-pooled to at most
+  ``order_grid`` x ``order_grid``) becomes one position-keeping token
+  (:class:`t5video.models.temporal.TemporalModule`, ``frame_tokens='flatten'``),
+  a temporal transformer with temporal position embeddings runs over the
+  frames, and the frame tokens *concatenated in order* are projected into the
+  joint space by ``order_projection``, which starts at zero: a pretrained CLIP
+  starts exactly as ``'mean'``. This is the design the pixel probes chose
+  (``docs/results.md``, "What the pixels carry": only position-keeping frame
+  tokens with an order-keeping read-out learned left/right and up/down).
 
 **Bridge and prompt** (the paper's low-data stage): learned context tokens are
 inserted into both towers. Vision: ``vision_tokens`` tokens right after the
@@ -29,7 +39,8 @@ Parameter names equal Hugging Face ``CLIPModel``'s (``vision_model/...``,
 ``text_model/...``, ``visual_projection/kernel``, ``text_projection/kernel``,
 ``logit_scale``), so the params of :func:`t5video.models.hf.load_hf` merge in
 by path (:func:`merge_clip_params`). The only new names are
-``vision_model/temporal_embedding`` (space-time) and
+``vision_model/temporal_embedding`` (space-time), ``ordered/temporal/...`` and
+``ordered/order_projection`` (ordered) and
 ``vision_model/prompts`` / ``text_model/prompts`` (bridge and prompt).
 
 Example::
@@ -57,7 +68,9 @@ from t5video.models.layers import Dense
 
 Array = jax.Array
 
-TEMPORAL_MODES = ("mean", "single", "spacetime")
+TEMPORAL_MODES = ("mean", "single", "spacetime", "ordered")
+# Modes whose parameters fix the number of frames (a temporal embedding / an ordered read-out).
+FIXED_FRAME_MODES = ("spacetime", "ordered")
 # CLIP clamps the learned temperature so that exp(logit_scale) <= 100.
 MAX_LOGIT_SCALE = float(np.log(100.0))
 
@@ -94,9 +107,13 @@ class ViFiCLIPConfig:
     text: the CLIP text tower's config.
     projection_dim: width of both projections (the joint embedding space).
     logit_scale_init_value: initial ``logit_scale`` (CLIP: log(1 / 0.07)).
-    temporal: 'mean' | 'single' | 'spacetime' (see the module docstring).
-    num_frames: frames per clip; sizes the temporal embedding of 'spacetime'.
+    temporal: 'mean' | 'single' | 'spacetime' | 'ordered' (see the module docstring).
+    num_frames: frames per clip; sizes the temporal embedding of 'spacetime' and
+      the ordered read-out of 'ordered'.
     prompts: the bridge-and-prompt tokens (none by default).
+    order_grid: 'ordered': the patch grid is average-pooled to at most this many
+      cells a side before each frame becomes one token.
+    order_layers: 'ordered': temporal transformer layers.
   """
   vision: clip_lib.CLIPVisionConfig
   text: clip_lib.CLIPTextConfig
@@ -105,6 +122,8 @@ class ViFiCLIPConfig:
   temporal: str = "mean"
   num_frames: int = 8
   prompts: PromptSpec = PromptSpec()
+  order_grid: int = 4
+  order_layers: int = 1
 
   def __post_init__(self):
     if self.temporal not in TEMPORAL_MODES:
@@ -230,11 +249,13 @@ class VideoVisionTransformer(nn.Module):
   prompts: PromptSpec = PromptSpec()
 
   @nn.compact
-  def __call__(self, pixel_values: Array, deterministic: bool = True) -> Array:
+  def __call__(self, pixel_values: Array, deterministic: bool = True, with_patches: bool = False):
     """``[batch, frames, H, W, 3]`` -> pooled class tokens.
 
     Returns ``[batch, frames, embed]`` per frame ('mean'; 'single' gives one
-    frame) or ``[batch, 1, embed]`` ('spacetime').
+    frame) or ``[batch, 1, embed]`` ('spacetime'); ``with_patches`` (per-frame
+    modes): ``(pooled, patch tokens [batch, frames, gh, gw, embed])``, the
+    patch tokens through ``post_layernorm`` as the class token is.
     """
     cfg = self.config
     batch, frames = pixel_values.shape[:2]
@@ -269,9 +290,18 @@ class VideoVisionTransformer(nn.Module):
           (p.vision_depth, p.vision_tokens, cfg.hidden_size), jnp.dtype(cfg.param_dtype))
     x = PromptedEncoder(cfg, p.vision_tokens, p.vision_depth, 1, name="encoder")(
         x, None, deterministic, prompt_table)
-    pooled = clip_lib._layer_norm(cfg, "post_layernorm")(x[:, 0])  # pylint: disable=protected-access
+    post = clip_lib._layer_norm(cfg, "post_layernorm")  # pylint: disable=protected-access
+    pooled = post(x[:, 0])
     # [batch * out_frames, embed] -> [batch, out_frames, embed]
-    return pooled.reshape(batch, out_frames, pooled.shape[-1])
+    pooled = pooled.reshape(batch, out_frames, pooled.shape[-1])
+    if not with_patches:
+      return pooled
+    ph, pw = clip_lib._pair(cfg.patch_size, "patch_size")  # pylint: disable=protected-access
+    gh, gw = pixel_values.shape[2] // ph, pixel_values.shape[3] // pw
+    # vision prompts sit right after the class token: the patches are the last gh * gw tokens
+    patches = post(x[:, x.shape[1] - gh * gw:])
+    # [batch * out_frames, gh * gw, embed] -> [batch, out_frames, gh, gw, embed]
+    return pooled, patches.reshape(batch, out_frames, gh, gw, patches.shape[-1])
 
 
 class PromptedTextTransformer(nn.Module):
@@ -368,6 +398,45 @@ class _TextEmbeddings(nn.Module):
     return self.position_embedding(jnp.arange(1, 1 + num_prompts))
 
 
+class OrderedReadout(nn.Module):
+  """'ordered': frames' patch grids ``[b, t, gh, gw, e]`` -> ``[b, projection_dim]``.
+
+  The grid is average-pooled to at most ``grid`` x ``grid``; each frame becomes
+  one token that keeps where things are, a temporal transformer (with temporal
+  position embeddings) runs over the frames, and the frame tokens concatenated
+  in order go through ``order_projection`` (zero at init).
+  """
+  grid: int
+  num_frames: int
+  num_layers: int
+  out_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, patches: Array, frame_mask: Optional[Array], deterministic: bool = True) -> Array:
+    from t5video.models import temporal as temporal_lib  # pylint: disable=g-import-not-at-top
+    b, t, gh, gw, e = patches.shape
+    if t != self.num_frames:
+      raise ValueError(f"temporal='ordered' was built for num_frames={self.num_frames}, got {t} frames")
+    sh, sw = max(gh // self.grid, 1), max(gw // self.grid, 1)
+    if gh % sh or gw % sw:
+      raise ValueError(f"temporal='ordered': a {gh}x{gw} patch grid does not pool evenly to "
+                       f"order_grid={self.grid}")
+    # [b, t, gh, gw, e] -> [b, t, gh/sh, sh, gw/sw, sw, e] -> mean -> [b, t, gh/sh * gw/sw, e]
+    x = patches.reshape(b, t, gh // sh, sh, gw // sw, sw, e).mean(axis=(3, 5))
+    x = x.reshape(b, t, (gh // sh) * (gw // sw), e).astype(self.dtype)
+    mask = jnp.ones((b, t), jnp.int32) if frame_mask is None else frame_mask.astype(jnp.int32)
+    cfg = temporal_lib.TemporalConfig(kind="transformer", frame_tokens="flatten", num_layers=self.num_layers,
+                                      num_heads=max(1, min(8, e // 32)), max_frames=self.num_frames,
+                                      dtype=self.dtype)
+    tokens, _ = temporal_lib.TemporalModule(cfg, name="temporal")(x, mask, deterministic)  # [b, t, e]
+    tokens = tokens * mask[:, :, None].astype(tokens.dtype)
+    # the frames in order, concatenated: [b, t, e] -> [b, t * e]
+    flat = tokens.reshape(b, t * e)
+    return Dense(self.out_dim, use_bias=False, kernel_axes=(None, None), dtype=self.dtype,
+                 kernel_init=nn.initializers.zeros_init(), name="order_projection")(flat, deterministic)
+
+
 class ViFiCLIP(nn.Module):
   """The video-text dual encoder.
 
@@ -382,6 +451,9 @@ class ViFiCLIP(nn.Module):
     self.text_model = PromptedTextTransformer(cfg.text, cfg.prompts)
     self.visual_projection = self._projection(cfg.vision)
     self.text_projection = self._projection(cfg.text)
+    if cfg.temporal == "ordered":
+      self.ordered = OrderedReadout(cfg.order_grid, cfg.num_frames, cfg.order_layers, cfg.projection_dim,
+                                    jnp.dtype(cfg.vision.dtype))
     self.logit_scale = self.param(
         "logit_scale", nn.with_logical_partitioning(nn.initializers.constant(cfg.logit_scale_init_value), ()),
         (), jnp.dtype(cfg.vision.param_dtype))
@@ -410,7 +482,11 @@ class ViFiCLIP(nn.Module):
       middle = frames // 2
       pixel_values = pixel_values[:, middle:middle + 1]
       frame_mask = None
-    pooled = self.vision_model(pixel_values, deterministic)  # [B, T', embed]
+    patches = None
+    if cfg.temporal == "ordered":
+      pooled, patches = self.vision_model(pixel_values, deterministic, with_patches=True)
+    else:
+      pooled = self.vision_model(pixel_values, deterministic)  # [B, T', embed]
     embeds = self.visual_projection(pooled, deterministic=deterministic)  # [B, T', P]
     embeds = nn.with_logical_constraint(embeds, ("act_batch", "act_frames", "act_embed"))
     if cfg.temporal == "spacetime":
@@ -421,6 +497,8 @@ class ViFiCLIP(nn.Module):
       weights = frame_mask.astype(jnp.float32)[..., None]  # [B, T, 1]
       video = jnp.sum(embeds.astype(jnp.float32) * weights, axis=1) / jnp.maximum(
           jnp.sum(weights, axis=1), 1.0)
+    if patches is not None:   # 'ordered': the mean plus the frames' ordered read-out
+      video = video + self.ordered(patches, frame_mask, deterministic).astype(jnp.float32)
     return video, embeds
 
   def encode_text(self, input_ids: Array, attention_mask: Optional[Array] = None,

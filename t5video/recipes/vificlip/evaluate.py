@@ -31,6 +31,7 @@ from t5video.evaluate import classification as cls_metrics
 from t5video.evaluate import controls
 from t5video.evaluate import hosts
 from t5video.evaluate import retrieval
+from t5video.models import vificlip as vifi
 from t5video.recipes.vificlip import predict
 from t5video.recipes.vificlip.task import ViFiCLIPTask
 
@@ -202,8 +203,8 @@ def evaluate(workdir: str, split: Optional[str] = None, protocols: Optional[Sequ
     merged.data.num_frames = config.data.num_frames
     merged.eval = ml_collections.ConfigDict(config.eval.to_dict())
     merged.model.prompt_template = config.model.prompt_template
-    if merged.model.temporal == "spacetime" and config.data.num_frames != task.config.data.num_frames:
-      raise ValueError(f"a space-time model takes {task.config.data.num_frames} frames; the config asks "
+    if merged.model.temporal in vifi.FIXED_FRAME_MODES and config.data.num_frames != task.config.data.num_frames:
+      raise ValueError(f"a {merged.model.temporal} model takes {task.config.data.num_frames} frames; the config asks "
                        f"for {config.data.num_frames}")
     task = ViFiCLIPTask(merged, tokenizer_path=task.tokenizer.path)
   with task.config.unlocked():

@@ -254,7 +254,7 @@ class ConceptScorer:
     frames = np.asarray(frames)
     if frames.ndim != 5:
       raise ValueError(f"frames must be uint8 [batch, frames, H, W, 3], got shape {frames.shape}")
-    if self.task.model_config.temporal == "spacetime" and frames.shape[1] != self.num_frames:
+    if self.task.model_config.temporal in vifi.FIXED_FRAME_MODES and frames.shape[1] != self.num_frames:
       raise ValueError(f"this model takes {self.num_frames} frames per video, got {frames.shape[1]}")
     return self.task.predictor.embed_frames(self.params, frames)
 
