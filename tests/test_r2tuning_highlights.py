@@ -98,12 +98,13 @@ def test_tvsum_converter_splits_by_domain_and_reads_mid_clip_scores(tmp_path):
 def test_youtube_converter_and_cli(tmp_path, capsys):
   dog = grounding_formats.highlight_splits()["youtube_highlights"]["dog"]
   anno = {vid: {"frames": 300, "fps": 30.0, "match": [-1, 1, 1, -1, -1],
-                "info": ["a", "b", "c", "d", "e", "dog"]} for vid in dog["train"][:2] + dog["val"][:1]}
+                "info": ["a", "b", "c", "d", "e", "a dog catches a frisbee"]}
+          for vid in dog["train"][:2] + dog["val"][:1]}
   with open(tmp_path / "youtube_anno.json", "w") as f:
     json.dump(anno, f)
   assert cli.main(["data", "youtube-highlights", "--root", str(tmp_path)]) == 0
   rows = [json.loads(x) for x in open(tmp_path / "highlight_train_release.jsonl")]
-  assert len(rows) == 2 and rows[0]["domain"] == "dog" and rows[0]["query"] == "dog"
+  assert len(rows) == 2 and rows[0]["domain"] == "dog" and rows[0]["query"] == "a dog catches a frisbee"
   assert rows[0]["clip_seconds"] == 2.0 and rows[0]["clip_scores"] == [[-1], [1], [1], [-1], [-1]]
   assert "youtube-highlights" in capsys.readouterr().out
   anno[dog["val"][0]]["match"] = []
@@ -156,6 +157,11 @@ def test_highlight_only_model_has_no_boundary_head_and_trains_on_soft_targets():
   row_only = losses.sampled_nce_loss(out["video_emb"], out["query_emb"], mask, sal, batch["pos_clip"],
                                      column=False)
   np.testing.assert_allclose(parts["sal"], row_only, rtol=1e-6)
+  both = losses.sampled_nce_loss(out["video_emb"], out["query_emb"], mask, sal, batch["pos_clip"])
+  assert abs(float(both) - float(row_only)) > 1e-3
+  # an example marked invalid (padding, an undecodable video) carries no BCE target
+  _, dropped = losses.r2tuning_loss(out, dict(batch, valid=jnp.asarray([True, False])), config)
+  np.testing.assert_allclose(dropped["cls"], bce[0].mean(), rtol=1e-5)
   # saliency at inference is the class probability alone
   pred = losses.predict_saliency(out, mask, (1,), with_cosine=False)
   np.testing.assert_allclose(np.asarray(pred), np.where(m > 0, 1 / (1 + np.exp(-x)), 0), rtol=1e-5)
@@ -165,8 +171,10 @@ def test_positive_clip_is_above_the_lower_median():
   rng = np.random.default_rng(0)
   sal = np.asarray([0.1, 0.5, 0.5, 0.9])          # lower median 0.5: only 0.9 is above
   assert {losses.sample_positive_clip(sal, rng, above_median=True) for _ in range(20)} == {3}
-  flat = np.full(4, 0.5)                          # none above: the maxima
-  assert {losses.sample_positive_clip(flat, rng, above_median=True) for _ in range(20)} <= {0, 1, 2, 3}
+  tied = np.asarray([0.2, 0.9, 0.9, 0.1])         # lower median 0.2: the two maxima
+  assert {losses.sample_positive_clip(tied, rng, above_median=True) for _ in range(40)} == {1, 2}
+  flat = np.asarray([0.1, 0.5, 0.5, 0.5])         # none above the median 0.5: the maxima
+  assert {losses.sample_positive_clip(flat, rng, above_median=True) for _ in range(40)} == {1, 2, 3}
 
 
 # ------------------------------------------------------------------------------------------
@@ -198,9 +206,9 @@ def tvsum_run(tmp_path_factory):
   for vid, r in zip(BK["train"] + BK["val"], rows.values()):
     titles[vid] = r["query"]
     shutil.copy(os.path.join(rendered, "videos", f"{r['vid']}.mp4"), release / "video" / f"{vid}.mp4")
-    duration = decode.probe(str(release / "video" / f"{vid}.mp4")).duration
-    frames = int(round(duration * 30))
-    t = (np.arange(frames) + 0.5) / 30
+    info = decode.probe(str(release / "video" / f"{vid}.mp4"))
+    duration, frames = info.duration, int(round(info.duration * info.fps))
+    t = (np.arange(frames) + 0.5) / info.fps
     start, end = r["relevant_windows"][0]
     inside = (t >= start) & (t < end)
     users = [np.clip(np.where(inside, 5, 1) + rng.integers(-1, 2, frames) * (rng.random() < 0.3), 1, 5)
@@ -242,3 +250,18 @@ def test_tvsum_run_reports_top5_map_with_controls(tvsum_run):
   pred = data_lib.annotated_clip_scores(queries.rows[0], line["pred_saliency_scores"], config.data.fps)
   expected = 100 * grounding.tvsum_top5_map([pred], [np.asarray(queries.rows[0]["clip_scores"])])
   assert final["HL-TVSum-top5-mAP"] == pytest.approx(expected, abs=0.01)
+  assert line["pred_relevant_windows"] == []        # no boundary head, no moments
+
+
+def test_one_video_split_control_keeps_the_query_and_takes_a_training_video(tvsum_run):
+  from t5video.recipes.r2tuning import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  from t5video.train import task as task_lib  # pylint: disable=g-import-not-at-top
+  workdir, _ = tvsum_run
+  task = task_lib.get_task("r2tuning")(config_lib.load_run_config(workdir))
+  queries = data_lib.read_queries(task.config.data, "val")
+  own = task.source(queries)[0]
+  other = evaluate_lib.training_donor_source(task, queries)[0]
+  np.testing.assert_array_equal(other["query"], own["query"])
+  train = task.source(data_lib.read_queries(task.config.data, "train"))
+  assert any(np.array_equal(other["video"], train[i]["video"]) for i in range(len(train)))
+  assert not np.array_equal(other["video"], own["video"])

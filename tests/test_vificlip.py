@@ -125,6 +125,25 @@ def test_ordered_starts_as_the_mean_and_then_sees_order():
   assert np.max(np.abs(np.asarray(fwd) - np.asarray(rev))) > 1e-3
   with pytest.raises(ValueError, match="num_frames=4, got 3 frames"):
     model_ord.apply({"params": params_ord}, px[:, :3], method=vifi.ViFiCLIP.encode_video)
+  # a padded frame's pixels do not matter
+  mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
+  a, _ = model_ord.apply({"params": params_ord}, px, mask, method=vifi.ViFiCLIP.encode_video)
+  b, _ = model_ord.apply({"params": params_ord}, px.at[0, 3].set(5.0), mask, method=vifi.ViFiCLIP.encode_video)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_ordered_pools_a_patch_grid_unevenly():
+  """Adaptive average pooling: a 4x4 grid to 3x3 cells (bins [0,2), [1,3), [2,4)), as torch's."""
+  m = vifi._pooling_matrix(4, 3)  # pylint: disable=protected-access
+  np.testing.assert_allclose(m, [[.5, .5, 0, 0], [0, .5, .5, 0], [0, 0, .5, .5]])
+  np.testing.assert_allclose(vifi._pooling_matrix(14, 4).sum(axis=1), 1.0)  # pylint: disable=protected-access
+  assert vifi._pooling_matrix(2, 4).shape == (2, 2)  # pylint: disable=protected-access
+  cfg = vifi.ViFiCLIPConfig.from_variant("tiny", temporal="ordered", num_frames=4, order_grid=3)
+  model = vifi.ViFiCLIP(cfg)
+  px = _pixels(5)
+  params = model.init(jax.random.PRNGKey(0), px, IDS, (IDS != 1).astype(np.int32))["params"]
+  kernel = nn.unbox(params["ordered"]["temporal"]["frame_flatten"]["kernel"])
+  assert kernel.shape[0] == 9 * cfg.vision.hidden_size   # 3x3 cells a frame
 
 
 def _np_log_softmax(x):

@@ -29,8 +29,8 @@ The splits are the per-domain train / val lists every paper since UMT uses
   video 20 rows ``<vid>\t<category>\t<score,score,...>``, one 1-5 score per frame, constant over
   the 2-second shots the annotators scored) and ``ydata-tvsum50-info.tsv`` (``category``,
   ``video_id``, ``title``, ``url``, ``length`` as ``m:ss``). Clips are 2 s; a clip's scores are
-  the frame scores at its middle, the frame rate being frames / duration, the duration the video
-  file's (``DIR/video/<vid>.mp4``, the release's folder, or ``--video-root``) or else ``length``.
+  the frame scores at its middle. The duration is the annotated frames over the video file's frame
+  rate (``DIR/video/<vid>.mp4``, the release's folder, or ``--video-root``), else ``length``.
 * **YouTube Highlights** (``t5video data youtube-highlights --root DIR``): ``youtube_anno.json``
   as UMT released it, ``{vid: {"frames": N, "fps": F, "match": [-1 | 1 per clip], "info": [...],
   ...}}``; the duration is frames / fps, the clips split it evenly (their length varies by video),
@@ -220,9 +220,10 @@ def read_tvsum(root: str, video_root: Optional[str] = None) -> list[dict]:
       raise AnnotationError(f"{anno_path}: video {vid!r} is not in {info_path}")
     frames = len(per_user[0])
     path = _find_video(video_root, vid) if video_root else None
-    if path:
+    if path:   # the annotation has one score per frame: frames / the stream's rate
       from t5video.data import decode  # pylint: disable=g-import-not-at-top
-      duration = float(decode.probe(path).duration)
+      probed = decode.probe(path)
+      duration = frames / probed.fps if probed.fps > 0 else float(probed.duration)
     else:
       duration = _seconds(info[vid]["length"], f"{info_path} ({vid})")
     if duration <= 0:
@@ -277,11 +278,11 @@ def split_highlights(rows: Sequence[dict], benchmark: str, log=print) -> dict[st
           out[split].append({"qid": len(out[split]), **row})
           listed.add(vid)
   unlisted = sorted(set(by_vid) - listed)
-  missing = sum(len(v) for parts in splits.values() for v in parts.values()) - len(listed)
+  missing = sorted({v for parts in splits.values() for vids in parts.values() for v in vids} - listed)
   if unlisted or missing:
     log(f"{benchmark}: {len(unlisted)} annotated videos are in no split (left out"
-        f"{': ' + ', '.join(unlisted[:5]) if unlisted else ''}); {missing} split videos have no "
-        "annotation")
+        f"{': ' + ', '.join(unlisted[:5]) if unlisted else ''}); {len(missing)} split videos have "
+        f"no annotation{': ' + ', '.join(missing[:5]) + (' ...' if len(missing) > 5 else '') if missing else ''}")
   return out
 
 

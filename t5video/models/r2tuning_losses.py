@@ -195,12 +195,15 @@ def r2tuning_loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Arra
   """The weighted sum of the five losses and each of them (unweighted) for logging.
 
   ``batch`` keys: ``video_mask [b, t]``, ``boundaries [b, g, 2]`` (clips), ``boundary_mask
-  [b, g]``, ``saliency [b, t]`` (clip targets, any scale) and ``pos_clip [b]``.
+  [b, g]``, ``saliency [b, t]`` (clip targets, any scale), ``pos_clip [b]`` and optionally
+  ``valid [b]`` (highlight-only: examples with ``valid`` 0 are left out of the BCE).
   """
   video_mask = batch["video_mask"]
   t = video_mask.shape[1]
   valid = point_mask(video_mask, config.strides, "train").astype(jnp.float32)
   if config.highlight_only:   # strides (1,): the points are the clips
+    if "valid" in batch:       # padding / undecodable examples carry no target
+      valid = valid * batch["valid"].astype(jnp.float32)[:, None]
     losses = {"cls": bce_loss(outputs["class_logits"], batch["saliency"].astype(jnp.float32), valid),
               "reg": jnp.zeros((), jnp.float32)}
   else:

@@ -398,6 +398,17 @@ class _TextEmbeddings(nn.Module):
     return self.position_embedding(jnp.arange(1, 1 + num_prompts))
 
 
+def _pooling_matrix(n: int, cells: int) -> np.ndarray:
+  """``[min(n, cells), n]``: row i averages the inputs of adaptive-pooling bin i (bins
+  ``[floor(i n / c), ceil((i + 1) n / c))``, as torch's adaptive average pooling)."""
+  c = min(n, cells)
+  m = np.zeros((c, n), np.float32)
+  for i in range(c):
+    lo, hi = (i * n) // c, -((-(i + 1) * n) // c)
+    m[i, lo:hi] = 1.0 / (hi - lo)
+  return m
+
+
 class OrderedReadout(nn.Module):
   """'ordered': frames' patch grids ``[b, t, gh, gw, e]`` -> ``[b, projection_dim]``.
 
@@ -418,13 +429,10 @@ class OrderedReadout(nn.Module):
     b, t, gh, gw, e = patches.shape
     if t != self.num_frames:
       raise ValueError(f"temporal='ordered' was built for num_frames={self.num_frames}, got {t} frames")
-    sh, sw = max(gh // self.grid, 1), max(gw // self.grid, 1)
-    if gh % sh or gw % sw:
-      raise ValueError(f"temporal='ordered': a {gh}x{gw} patch grid does not pool evenly to "
-                       f"order_grid={self.grid}")
-    # [b, t, gh, gw, e] -> [b, t, gh/sh, sh, gw/sw, sw, e] -> mean -> [b, t, gh/sh * gw/sw, e]
-    x = patches.reshape(b, t, gh // sh, sh, gw // sw, sw, e).mean(axis=(3, 5))
-    x = x.reshape(b, t, (gh // sh) * (gw // sw), e).astype(self.dtype)
+    ph, pw = _pooling_matrix(gh, self.grid), _pooling_matrix(gw, self.grid)   # [oh, gh], [ow, gw]
+    # adaptive average pooling: [b, t, gh, gw, e] -> [b, t, oh, ow, e] -> [b, t, oh * ow, e]
+    x = jnp.einsum("ih,jw,bthwe->btije", ph, pw, patches.astype(jnp.float32))
+    x = x.reshape(b, t, ph.shape[0] * pw.shape[0], e).astype(self.dtype)
     mask = jnp.ones((b, t), jnp.int32) if frame_mask is None else frame_mask.astype(jnp.int32)
     cfg = temporal_lib.TemporalConfig(kind="transformer", frame_tokens="flatten", num_layers=self.num_layers,
                                       num_heads=max(1, min(8, e // 32)), max_frames=self.num_frames,

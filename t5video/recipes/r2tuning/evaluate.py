@@ -30,6 +30,7 @@ model's lines in the QVHighlights submission format).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Optional
 
@@ -82,6 +83,16 @@ def centre_baseline(queries: data_lib.QuerySet, train: data_lib.QuerySet) -> lis
   return lines
 
 
+def training_donor_source(task, queries: data_lib.QuerySet) -> data_lib.QuerySource:
+  """The other-video control of a one-video split: each query keeps its own text features and is
+  scored against a training video's features (seeded draw)."""
+  c = task.config
+  train = data_lib.read_queries(c.data, c.data.train_split)
+  donor = np.random.default_rng(int(c.seed)).integers(0, len(train.videos), len(queries))
+  feats = dataclasses.replace(task.features(queries), video_dir=task.features(train).video_dir)
+  return data_lib.QuerySource(queries, feats, task.towers.vision_layers, c, donor=donor)
+
+
 def random_saliency(queries: data_lib.QuerySet, seed: int) -> list[dict]:
   """Uniformly random scores drawn per annotated clip (the lines are marked ``annotated``:
   :func:`metrics_of` takes them as they are, without mapping sampled clips)."""
@@ -107,11 +118,7 @@ def run(task, params, *, split: Optional[str] = None, workdir: Optional[str] = N
     other = predict.predict_source(task, params, task.source(queries, donor=donor))
     out.update(controls.prefixed("other_frames", metrics_of(other, queries, c)))
   elif "other_frames" in wanted:   # a one-video split: donors from the training split
-    train = data_lib.read_queries(c.data, c.data.train_split)
-    donor = np.random.default_rng(int(c.seed)).integers(0, len(train.videos), len(queries))
-    source = data_lib.QuerySource(queries, task.features(train), task.towers.vision_layers, c,
-                                  donor=donor)
-    other = predict.predict_source(task, params, source)
+    other = predict.predict_source(task, params, training_donor_source(task, queries))
     out.update(controls.prefixed("other_frames", metrics_of(other, queries, c)))
   if "text_only_trained" in wanted:
     out.update({k.replace("control_text_only_", "control_text_only_trained_", 1): v

@@ -70,8 +70,10 @@ def predict_source(task, params, source: data_lib.QuerySource) -> list[dict]:
       batch = {k: np.stack([it[k] for it in items]) for k in _BATCH_KEYS}
       moments, saliency = forward(task, params, batch)
       for j, i in enumerate(idx):
-        lines.append(submission_line(rows[i], moments[j], saliency[j], int(items[j]["num_clips"]),
-                                     clip_s, nms))
+        line = submission_line(rows[i], moments[j], saliency[j], int(items[j]["num_clips"]), clip_s, nms)
+        if task.model_config.highlight_only:   # no boundary head: no moments
+          line["pred_relevant_windows"] = []
+        lines.append(line)
   return lines
 
 

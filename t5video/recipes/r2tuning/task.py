@@ -151,7 +151,8 @@ class R2TuningTask(task_lib.Task):
             "boundaries": ("act_batch", None, None),
             "boundary_mask": ("act_batch", None),
             "saliency": ("act_batch", "act_frames"),
-            "pos_clip": ("act_batch",)}
+            "pos_clip": ("act_batch",),
+            "valid": ("act_batch",)}
 
   def train_loader(self, *, seed: int, process_index: int, process_count: int,
                    batch_size: int) -> Iterator[dict]:

@@ -38,6 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.text = {}                 # CLIPTextConfig overrides of the variant
   c.model.projection_dim = 512
   c.model.temporal = "mean"         # 'single' | 'mean' | 'spacetime' | 'ordered'
+  c.model.order_grid = 4            # 'ordered': patch grid pooled to at most this many cells a side
+  c.model.order_layers = 1          # 'ordered': temporal transformer layers
   c.model.prompts = dict(vision_tokens=0, text_tokens=0, vision_depth=1, text_depth=1)
   c.model.objective = "classification"  # see OBJECTIVES
   c.model.contrastive_weight = 1.0

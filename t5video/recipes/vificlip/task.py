@@ -159,7 +159,9 @@ class ViFiCLIPTask(task_lib.Task):
     prompts = vifi.PromptSpec(**cfg.as_dict(m.prompts))
     return vifi.ViFiCLIPConfig.from_variant(
         m.variant, vision=vision, text=text, temporal=m.temporal, num_frames=int(self.config.data.num_frames),
-        prompts=prompts, **({"projection_dim": int(m.projection_dim)} if m.projection_dim else {}))
+        prompts=prompts, order_grid=int(m.get("order_grid", 4)),   # older run configs lack them
+        order_layers=int(m.get("order_layers", 1)),
+        **({"projection_dim": int(m.projection_dim)} if m.projection_dim else {}))
 
   def prompt_ids(self, classes: Sequence[str], template: Optional[str] = None):
     template = self.config.model.prompt_template if template is None else template
