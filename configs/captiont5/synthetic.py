@@ -27,6 +27,9 @@ Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10
 * ``vifi_standins``: stage 0 fine-tunes the stand-in image CLIP on the clips (``configs/vificlip/
   synthetic.py:mean,standins``), CaptionT5's vision tower and the re-ranker come from it and the T5
   (with its tokenizer) from the T5 stand-in: a pretrained image CLIP adapted to video, as in the papers.
+* ``ordered_clip``: stage 0 is ViFi-CLIP with ``temporal='ordered'`` (the mean plus an ordered
+  read-out of position-keeping frame tokens) instead of the mean: its concepts and re-ranking see
+  the order of frames.
 * ``nothoughts``: thoughts switched off (ablation; the CLIP stage still re-ranks).
 * ``frac10``: 10% of the training clips.
 * ``temporal=mean|transformer|resampler``: the temporal module.
@@ -131,6 +134,8 @@ def get_config(arg=None):
     c.thoughts.clip_stage.config = "configs/vificlip/synthetic.py:mean,standins"
     c.thoughts.clip_stage.init_vision = True
     c.model.t5_init = STANDINS
+  if "ordered_clip" in args:  # stage 0 with ViFi-CLIP's ordered read-out (t5video/models/vificlip.py)
+    c.thoughts.clip_stage.config = c.thoughts.clip_stage.config.replace(":mean", ":ordered")
   if "nothoughts" in args:
     c.thoughts.sources = ()
   if "frac10" in args:
