@@ -216,11 +216,11 @@ def tvsum_run(tmp_path_factory):
     videos[vid] = (f"0:{int(duration):02d}", users)
   _write_tvsum(str(release), videos, titles)
   assert cli.main(["data", "tvsum", "--root", str(release)]) == 0
+  assert os.path.islink(release / "videos")       # the layout's video folder -> the release's
   config = config_lib.load_config_file(f"{TVSUM}:BK")
   tiny = config_lib.load_config_file("configs/r2tuning/synthetic.py:r2,tiny")
   with config.unlocked():
     config.data.root = str(release)
-    config.data.layout_kwargs = {"video_root": str(release / "video")}
     config.data.feature_dir = str(base / "features")
     config.data.max_clips = 8
     config.data.size, config.data.resize_short = 32, 36

@@ -8,8 +8,9 @@ every paper since UMT reports), then train one category (``BK``, ``BT``, ``DS``,
 
   t5video data tvsum --root DIR
   t5video train --config configs/r2tuning/tvsum.py:BK --workdir runs/r2_tvsum_bk \\
-      --config.data.root=DIR --config.data.layout_kwargs.video_root=DIR/video \\
-      --config.model.clip_init=/path/to/clip-vit-base-patch32
+      --config.data.root=DIR --config.model.clip_init=/path/to/clip-vit-base-patch32
+
+(the converter links ``DIR/videos``, where the layout looks for videos, to the release's ``video/``)
 
 ``:BK,meanpool`` trains the mean-pooling baseline head instead of the R² block. The paper's
 figure is the mean of the ten categories' ``HL-TVSum-top5-mAP`` (85.2).

@@ -30,7 +30,9 @@ The splits are the per-domain train / val lists every paper since UMT uses
   the 2-second shots the annotators scored) and ``ydata-tvsum50-info.tsv`` (``category``,
   ``video_id``, ``title``, ``url``, ``length`` as ``m:ss``). Clips are 2 s; a clip's scores are
   the frame scores at its middle. The duration is the annotated frames over the video file's frame
-  rate (``DIR/video/<vid>.mp4``, the release's folder, or ``--video-root``), else ``length``.
+  rate (``DIR/video/<vid>.mp4``, the release's folder, or ``--video-root``), else ``length``. A
+  ``videos`` link to the release's ``video/`` folder is made beside the JSONL files (the layout's
+  video folder) unless one exists.
 * **YouTube Highlights** (``t5video data youtube-highlights --root DIR``): ``youtube_anno.json``
   as UMT released it, ``{vid: {"frames": N, "fps": F, "match": [-1 | 1 per clip], "info": [...],
   ...}}``; the duration is frames / fps, the clips split it evenly (their length varies by video),
@@ -326,6 +328,12 @@ def convert(benchmark: str, root: str, out: Optional[str] = None,
     if benchmark == "tvsum":
       rows = read_tvsum(root, given_video_root or next(
           (p for p in (os.path.join(root, "video"), video_root) if os.path.isdir(p)), None))
+      release_videos = os.path.join(root, "video")
+      if (not given_video_root and os.path.isdir(release_videos)
+          and not os.path.exists(os.path.join(out, "videos"))):
+        # the QVHighlights layout reads <root>/videos: point it at the release's video/ folder
+        os.symlink(os.path.relpath(release_videos, out), os.path.join(out, "videos"))
+        log(f"{os.path.join(out, 'videos')} -> {release_videos}")
     else:
       rows = read_youtube_highlights(os.path.join(root, "youtube_anno.json"))
     for split, part in split_highlights(rows, benchmark, log=log).items():
