@@ -419,3 +419,56 @@ def test_refine_drafts_and_caption_need_only_the_workdir(data_root, tmp_path, ca
   assert out.count("caption:") == 2 and out.count("class:") == 2
   classes = [line.split("class:", 1)[1].strip() for line in out.splitlines() if "class:" in line]
   assert all(c in saved["data"]["class_names"] for c in classes)
+
+
+@pytest.mark.slow
+def test_grid_tokens_start_from_the_ordered_readout(data_root, tmp_path):
+  """visual_tokens='grid' after an ordered ViFi-CLIP stage: CaptionT5's grid norm and temporal
+  module are the stage's read-out, so its frame tokens equal the read-out's for the same pixels."""
+  from t5video.models import captiont5 as captiont5_model
+  from t5video.models import peft
+  from t5video.models import temporal as temporal_lib
+  from t5video.models import vificlip as vifi_model
+  from t5video.recipes import vificlip
+  from t5video.train import stages as stages_lib
+  from t5video.train import task as task_lib
+  config = _base_config(data_root, **{
+      "thoughts.clip_stage.config": "configs/vificlip/synthetic.py:ordered,tiny",
+      "thoughts.clip_stage.num_steps": 3, "train.num_steps": 1, "train.checkpoint_every": 1,
+      "eval.max_examples": 2, "eval.controls": (), "model.visual_tokens": "grid",
+      # the tiny stage: 32 wide (1 read-out head), 4 frames, a 4x4 patch grid
+      "model.temporal": dict(kind="transformer", num_layers=1, num_heads=1, frame_tokens="flatten",
+                             max_frames=4)})
+  config.thoughts.clip_stage.init_vision = True
+  workdir = str(tmp_path / "run")
+  stages_lib.train(config, workdir)
+  fresh = task_lib.get_task("captiont5")(cli.load_run_config(workdir))
+  fresh.workdir = workdir
+  stage = fresh.vision_init_dir()
+  loaded = fresh.load_pretrained(jax.jit(lambda r: flax.linen.unbox(fresh.init_params(r)))(
+      jax.random.PRNGKey(1)), fresh.config.init_from)
+  stage_task, stage_params = vificlip.restore(stage)
+  assert "ordered" in stage_params
+  got, want = dict(peft.path_strings(loaded["temporal"])), dict(
+      peft.path_strings(stage_params["ordered"]["temporal"]))
+  assert got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]))
+  rng = np.random.RandomState(0)
+  px = rng.normal(size=(2, 4, 32, 32, 3)).astype(np.float32)
+  mask = np.ones((2, 4), np.int32)
+
+  # the stage's frame tokens before its order_projection
+  _, patches = stage_task.model.apply({"params": stage_params}, px, True, True,
+                                      method=lambda mdl, *a: mdl.vision_model(*a))  # [2, 4, 4, 4, 32]
+  readout = temporal_lib.TemporalModule(temporal_lib.TemporalConfig(
+      kind="transformer", frame_tokens="flatten", num_layers=1,
+      num_heads=vifi_model.ordered_readout_heads(patches.shape[-1]), max_frames=4))
+  want_tokens, _ = readout.apply({"params": stage_params["ordered"]["temporal"]},
+                                 temporal_lib.pool_patch_grid(patches, 4), mask)
+  _, state = fresh.model.apply({"params": loaded}, px, frame_mask=mask, method=captiont5_model.CaptionT5.visual_tokens,
+                               capture_intermediates=lambda mdl, name: mdl.name == "temporal" and name == "__call__",
+                               mutable=["intermediates"])
+  got_tokens = state["intermediates"]["temporal"]["__call__"][0][0]
+  assert got_tokens.shape == (2, 4, 32)
+  np.testing.assert_allclose(np.asarray(got_tokens), np.asarray(want_tokens), atol=2e-5)

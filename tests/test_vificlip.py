@@ -16,6 +16,7 @@ from tests import tiny_hf
 
 from t5video import cli
 from t5video.models import clip as clip_lib
+from t5video.models import temporal as temporal_lib
 from t5video.models import vificlip as vifi
 from t5video.train import optim as optim_lib
 
@@ -134,10 +135,10 @@ def test_ordered_starts_as_the_mean_and_then_sees_order():
 
 def test_ordered_pools_a_patch_grid_unevenly():
   """Adaptive average pooling: a 4x4 grid to 3x3 cells (bins [0,2), [1,3), [2,4)), as torch's."""
-  m = vifi._pooling_matrix(4, 3)  # pylint: disable=protected-access
+  m = temporal_lib.adaptive_pool_matrix(4, 3)
   np.testing.assert_allclose(m, [[.5, .5, 0, 0], [0, .5, .5, 0], [0, 0, .5, .5]])
-  np.testing.assert_allclose(vifi._pooling_matrix(14, 4).sum(axis=1), 1.0)  # pylint: disable=protected-access
-  assert vifi._pooling_matrix(2, 4).shape == (2, 2)  # pylint: disable=protected-access
+  np.testing.assert_allclose(temporal_lib.adaptive_pool_matrix(14, 4).sum(axis=1), 1.0)
+  assert temporal_lib.adaptive_pool_matrix(2, 4).shape == (2, 2)
   cfg = vifi.ViFiCLIPConfig.from_variant("tiny", temporal="ordered", num_frames=4, order_grid=3)
   model = vifi.ViFiCLIP(cfg)
   px = _pixels(5)

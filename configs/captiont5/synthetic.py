@@ -30,6 +30,10 @@ Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10
 * ``ordered_clip``: stage 0 is ViFi-CLIP with ``temporal='ordered'`` (the mean plus an ordered
   read-out of position-keeping frame tokens) instead of the mean: its concepts and re-ranking see
   the order of frames.
+* ``grid``: CaptionT5 reads each frame's patch grid (pooled to 4x4 cells, one position-keeping token
+  per frame, a temporal transformer over them) instead of the pooled class token; with
+  ``ordered_clip`` that pathway starts from stage 0's ordered read-out (its temporal module and norm),
+  so the captioner's frame tokens begin where the stage's order-aware video embedding came from.
 * ``nothoughts``: thoughts switched off (ablation; the CLIP stage still re-ranks).
 * ``frac10``: 10% of the training clips.
 * ``temporal=mean|transformer|resampler``: the temporal module.
@@ -136,6 +140,12 @@ def get_config(arg=None):
     c.model.t5_init = STANDINS
   if "ordered_clip" in args:  # stage 0 with ViFi-CLIP's ordered read-out (t5video/models/vificlip.py)
     c.thoughts.clip_stage.config = c.thoughts.clip_stage.config.replace(":mean", ":ordered")
+  if "grid" in args:  # the pooled patch grid, one token per frame (as ViFi-CLIP's ordered read-out)
+    c.model.visual_tokens = "grid"
+    c.model.grid_cells = 4
+    # heads and frames as the ordered read-out's (vificlip.ordered_readout_heads(128) = 4)
+    c.model.temporal = dict(kind="transformer", num_layers=1, num_heads=4, frame_tokens="flatten",
+                            max_frames=c.data.num_frames)
   if "nothoughts" in args:
     c.thoughts.sources = ()
   if "frac10" in args:

@@ -5,7 +5,8 @@ The encoder input is the concatenation (all ``[batch, *, d_model]``)::
   [ prompt-tuning prefix (P) ; visual tokens (V) ; task prompt + thoughts tokens (L) ]
 
 * visual tokens: the CLIP vision tower runs per frame (or cached CLIP
-  features are read instead of pixels), a temporal module
+  features are read instead of pixels); its pooled token, all its tokens or its
+  patch grid pooled to a few cells (``visual_tokens``) go through a temporal module
   (:mod:`t5video.models.temporal`) pools or mixes frames, and a projection maps
   the CLIP width to ``d_model``.
 * the text part is the tokenised task prompt (``caption:``, ``classify:``,
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 from t5video.models import clip as clip_lib
 from t5video.models import t5 as t5_lib
 from t5video.models.layers import Dense, LoraSpec
-from t5video.models.temporal import TemporalConfig, TemporalModule
+from t5video.models.temporal import TemporalConfig, TemporalModule, pool_patch_grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +41,13 @@ class CaptionT5Config:
     vision: the CLIP vision tower's config; None reads cached features.
     t5: the T5 config.
     temporal: the temporal module's config.
-    visual_tokens: 'pooled' (one token per frame: CLIP's pooled output) or
-      'patches' (every token of the last layer, CLS included).
+    visual_tokens: 'pooled' (one token per frame: CLIP's pooled output),
+      'patches' (every token of the last layer, CLS included) or 'grid' (the
+      patch tokens through a LayerNorm, ``grid_norm``, average-pooled to at
+      most ``grid_cells`` x ``grid_cells`` cells: the input of ViFi-CLIP's
+      ordered read-out, whose ``ordered/temporal`` a temporal module with
+      ``frame_tokens='flatten'`` can start from).
+    grid_cells: 'grid': cells a side of the pooled patch grid.
     feature_dim: width of cached features (only when ``vision`` is None).
     prompt_length: learned prefix embeddings for prompt tuning (0: none).
     lora: LoRA applied to every Dense whose path matches its targets (CLIP,
@@ -51,6 +57,7 @@ class CaptionT5Config:
   t5: t5_lib.T5Config
   temporal: TemporalConfig = TemporalConfig()
   visual_tokens: str = "pooled"
+  grid_cells: int = 4
   feature_dim: Optional[int] = None
   prompt_length: int = 0
   lora: Optional[LoraSpec] = None
@@ -76,6 +83,10 @@ class CaptionT5(nn.Module):
       if not cfg.feature_dim:
         raise ValueError("CaptionT5Config needs `vision` or `feature_dim` (cached features)")
       width = cfg.feature_dim
+    if cfg.visual_tokens == "grid":
+      if cfg.vision is None:
+        raise ValueError("visual_tokens='grid' needs the vision tower (cached pooled features have no patch grid)")
+      self.grid_norm = nn.LayerNorm(epsilon=cfg.vision.layer_norm_eps, use_fast_variance=False, name="grid_norm")
     self.temporal = TemporalModule(dataclasses.replace(cfg.temporal, lora=cfg.lora))
     self.visual_projection = Dense(cfg.t5.d_model, kernel_axes=(None, "embed"),
                                    lora=cfg.lora, name="visual_projection")
@@ -99,8 +110,16 @@ class CaptionT5(nn.Module):
         features = out.pooler_output[:, :, None, :]
       elif cfg.visual_tokens == "patches":
         features = out.last_hidden_state  # [b, t, l, width]
+      elif cfg.visual_tokens == "grid":
+        b, t = pixel_values.shape[:2]
+        ph, pw = clip_lib._pair(cfg.vision.patch_size, "patch_size")  # pylint: disable=protected-access
+        gh, gw = pixel_values.shape[2] // ph, pixel_values.shape[3] // pw
+        # the patch tokens (the class token dropped): [b, t, 1 + gh * gw, width] -> [b, t, gh, gw, width]
+        patches = self.grid_norm(out.last_hidden_state[:, :, 1:]).reshape(b, t, gh, gw, -1)
+        # [b, t, gh, gw, width] -> [b, t, cells, width]
+        features = pool_patch_grid(patches, cfg.grid_cells).astype(out.last_hidden_state.dtype)
       else:
-        raise ValueError(f"visual_tokens must be 'pooled' or 'patches', got {cfg.visual_tokens!r}")
+        raise ValueError(f"visual_tokens must be 'pooled', 'patches' or 'grid', got {cfg.visual_tokens!r}")
     elif features.ndim == 3:
       # cached pooled features [b, t, width] -> [b, t, 1, width]
       features = features[:, :, None, :]

@@ -28,6 +28,10 @@ transformer followed by a mean cannot tell a clip from its reverse).
 :func:`frame_differences` is the pixel-level counterpart of ``motion``: it
 appends each frame's difference from the previous one as extra channels, so a
 per-frame image tower sees motion (``docs/results.md``, "What the pixels carry").
+
+:func:`pool_patch_grid` average-pools each frame's patch grid to a few cells, the
+input of ``frame_tokens='flatten'`` in ViFi-CLIP's ordered read-out and in
+CaptionT5's ``visual_tokens='grid'``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from t5video.models.layers import Dense, LoraSpec
 
@@ -74,6 +79,28 @@ def frame_differences(pixels: jax.Array, frame_mask: Optional[jax.Array] = None)
     both = frame_mask * jnp.concatenate([frame_mask[:, :1], frame_mask[:, :-1]], axis=1)
     diff = diff * both[:, :, None, None, None].astype(diff.dtype)
   return jnp.concatenate([pixels, diff], axis=-1)
+
+
+def adaptive_pool_matrix(n: int, cells: int) -> np.ndarray:
+  """``[min(n, cells), n]``: row i averages the inputs of adaptive-pooling bin i (bins
+  ``[floor(i n / c), ceil((i + 1) n / c))``, as torch's adaptive average pooling)."""
+  c = min(n, cells)
+  m = np.zeros((c, n), np.float32)
+  for i in range(c):
+    lo, hi = (i * n) // c, -((-(i + 1) * n) // c)
+    m[i, lo:hi] = 1.0 / (hi - lo)
+  return m
+
+
+def pool_patch_grid(patches: jax.Array, cells: int) -> jax.Array:
+  """Adaptive average pooling of frames' patch grids: ``[b, t, gh, gw, e]`` -> ``[b, t, oh * ow, e]``
+  (float32), with ``oh = min(gh, cells)`` and ``ow = min(gw, cells)``; cells in row-major order."""
+  b, t, gh, gw, e = patches.shape
+  ph, pw = adaptive_pool_matrix(gh, cells), adaptive_pool_matrix(gw, cells)   # [oh, gh], [ow, gw]
+  # [oh, gh] x [ow, gw] x [b, t, gh, gw, e] -> [b, t, oh, ow, e]
+  x = jnp.einsum("ih,jw,bthwe->btije", ph, pw, patches.astype(jnp.float32))
+  # [b, t, oh, ow, e] -> [b, t, oh * ow, e]
+  return x.reshape(b, t, ph.shape[0] * pw.shape[0], e)
 
 
 class Attention(nn.Module):

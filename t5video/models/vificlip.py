@@ -398,15 +398,9 @@ class _TextEmbeddings(nn.Module):
     return self.position_embedding(jnp.arange(1, 1 + num_prompts))
 
 
-def _pooling_matrix(n: int, cells: int) -> np.ndarray:
-  """``[min(n, cells), n]``: row i averages the inputs of adaptive-pooling bin i (bins
-  ``[floor(i n / c), ceil((i + 1) n / c))``, as torch's adaptive average pooling)."""
-  c = min(n, cells)
-  m = np.zeros((c, n), np.float32)
-  for i in range(c):
-    lo, hi = (i * n) // c, -((-(i + 1) * n) // c)
-    m[i, lo:hi] = 1.0 / (hi - lo)
-  return m
+def ordered_readout_heads(width: int) -> int:
+  """Attention heads of the ordered read-out's temporal transformer over ``width``-wide frame tokens."""
+  return max(1, min(8, width // 32))
 
 
 class OrderedReadout(nn.Module):
@@ -426,16 +420,13 @@ class OrderedReadout(nn.Module):
   @nn.compact
   def __call__(self, patches: Array, frame_mask: Optional[Array], deterministic: bool = True) -> Array:
     from t5video.models import temporal as temporal_lib  # pylint: disable=g-import-not-at-top
-    b, t, gh, gw, e = patches.shape
+    b, t, _, _, e = patches.shape
     if t != self.num_frames:
       raise ValueError(f"temporal='ordered' was built for num_frames={self.num_frames}, got {t} frames")
-    ph, pw = _pooling_matrix(gh, self.grid), _pooling_matrix(gw, self.grid)   # [oh, gh], [ow, gw]
-    # adaptive average pooling: [b, t, gh, gw, e] -> [b, t, oh, ow, e] -> [b, t, oh * ow, e]
-    x = jnp.einsum("ih,jw,bthwe->btije", ph, pw, patches.astype(jnp.float32))
-    x = x.reshape(b, t, ph.shape[0] * pw.shape[0], e).astype(self.dtype)
+    x = temporal_lib.pool_patch_grid(patches, self.grid).astype(self.dtype)  # [b, t, oh * ow, e]
     mask = jnp.ones((b, t), jnp.int32) if frame_mask is None else frame_mask.astype(jnp.int32)
     cfg = temporal_lib.TemporalConfig(kind="transformer", frame_tokens="flatten", num_layers=self.num_layers,
-                                      num_heads=max(1, min(8, e // 32)), max_frames=self.num_frames,
+                                      num_heads=ordered_readout_heads(e), max_frames=self.num_frames,
                                       dtype=self.dtype)
     tokens, _ = temporal_lib.TemporalModule(cfg, name="temporal")(x, mask, deterministic)  # [b, t, e]
     tokens = tokens * mask[:, :, None].astype(tokens.dtype)

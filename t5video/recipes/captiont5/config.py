@@ -101,7 +101,11 @@ def base_config() -> ml_collections.ConfigDict:
       t5=dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6,
               feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.1),
       temporal=dict(kind="transformer", num_layers=1, num_heads=8),
-      visual_tokens="pooled",       # 'pooled' (a token per frame) | 'patches'
+      visual_tokens="pooled",       # 'pooled' (a token per frame) | 'patches' | 'grid' (the patch
+                                    # grid pooled to grid_cells a side; with a ViFi-CLIP vision source
+                                    # whose temporal='ordered', its ordered read-out's temporal module
+                                    # and norm start the model's: t5video/models/captiont5.py)
+      grid_cells=4,
       clip_init="",                 # an HF CLIP directory or a finished ViFi-CLIP workdir (then
                                     # `clip` sizes come from it)
       t5_init="",                   # an HF T5 directory (sizes and tokenizer come from it)
@@ -237,5 +241,6 @@ def build_model_config(config: ml_collections.ConfigDict, vocab_size: int,
     t5 = t5_lib.T5Config(**fields, dtype=dtype, lora=lora, adapter_dim=adapter_dim, remat=m.remat)
   temporal = TemporalConfig(**dict(m.temporal), dtype=DTYPES[dtype])
   return CaptionT5Config(vision=vision, t5=t5, temporal=temporal, visual_tokens=m.visual_tokens,
+                         grid_cells=m.get("grid_cells", 4),
                          feature_dim=feature_dim,
                          prompt_length=p.prompt_length if p.method == "prompt" else 0, lora=lora)

@@ -369,6 +369,23 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     return bool(init_from.path or m.t5_init or (m.clip_init and not self.features_shape)
                 or self.vision_init_dir())
 
+  def ordered_transfer(self, vifi_params: dict) -> bool:
+    """Whether CaptionT5's grid tokens and temporal module start from the ViFi-CLIP run's
+    ordered read-out: the run has one and the model reads the pooled grid the same way."""
+    m = self.config.model
+    if "ordered" not in vifi_params or m.visual_tokens != "grid":
+      return False
+    t = m.temporal
+    if t.get("frame_tokens", "keep") != "flatten" or t.get("kind") != "transformer":
+      raise ValueError("model.visual_tokens='grid' from an ordered ViFi-CLIP run needs model.temporal.kind="
+                       f"'transformer' and frame_tokens='flatten' (as its read-out), got {dict(t)}")
+    from t5video.models import vificlip as vificlip_lib  # pylint: disable=g-import-not-at-top
+    heads = vificlip_lib.ordered_readout_heads(vifi_params["vision_model"]["post_layernorm"]["scale"].shape[0])
+    if t.get("num_heads") != heads:
+      raise ValueError(f"model.temporal.num_heads={t.get('num_heads')}: the ordered read-out it starts from "
+                       f"has {heads} heads")
+    return True
+
   def load_pretrained(self, params, init_from):
     """``init_from.path``: a t5video workdir/checkpoint (Orbax, by regex); HF dirs come
     from ``model.clip_init`` / ``model.t5_init``; the vision tower of a ViFi-CLIP run from
@@ -381,6 +398,12 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
       _, vifi_params = vificlip_predict.restore(vifi_dir)
       print(f"vision tower from the ViFi-CLIP run {vifi_dir}", flush=True)
       params = merge_subtree(params, "clip", {"vision_model": vifi_params["vision_model"]}, vifi_dir)
+      if self.ordered_transfer(vifi_params):
+        # ViFi-CLIP's ordered read-out: its norm of the patch tokens and its temporal module over
+        # the pooled grid start CaptionT5's (the read-out's order_projection has no counterpart).
+        print(f"grid_norm and temporal module from the ordered read-out of {vifi_dir}", flush=True)
+        params = merge_subtree(params, "grid_norm", vifi_params["vision_model"]["post_layernorm"], vifi_dir)
+        params = merge_subtree(params, "temporal", vifi_params["ordered"]["temporal"], vifi_dir)
     elif m.clip_init and not self.features_shape:
       _, clip_params = hf.load_hf(m.clip_init)
       params = merge_subtree(params, "clip", {"vision_model": clip_params["vision_model"]}, m.clip_init)
