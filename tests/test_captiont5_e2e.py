@@ -422,9 +422,10 @@ def test_refine_drafts_and_caption_need_only_the_workdir(data_root, tmp_path, ca
 
 
 @pytest.mark.slow
-def test_grid_tokens_start_from_the_ordered_readout(data_root, tmp_path):
-  """visual_tokens='grid' after an ordered ViFi-CLIP stage: CaptionT5's grid norm and temporal
-  module are the stage's read-out, so its frame tokens equal the read-out's for the same pixels."""
+def test_grid_tokens_and_video_token_start_from_the_ordered_stage(data_root, tmp_path):
+  """After an ordered ViFi-CLIP stage: with visual_tokens='grid' CaptionT5's grid norm and temporal
+  module are the stage's read-out, so its frame tokens equal the read-out's for the same pixels; with
+  video_token='ordered' its last visual token reads the stage's (normalised) video embedding."""
   from t5video.models import captiont5 as captiont5_model
   from t5video.models import peft
   from t5video.models import temporal as temporal_lib
@@ -436,6 +437,7 @@ def test_grid_tokens_start_from_the_ordered_readout(data_root, tmp_path):
       "thoughts.clip_stage.config": "configs/vificlip/synthetic.py:ordered,tiny",
       "thoughts.clip_stage.num_steps": 3, "train.num_steps": 1, "train.checkpoint_every": 1,
       "eval.max_examples": 2, "eval.controls": (), "model.visual_tokens": "grid",
+      "model.video_token": "ordered",
       # the tiny stage: 32 wide (1 read-out head), 4 frames, a 4x4 patch grid
       "model.temporal": dict(kind="transformer", num_layers=1, num_heads=1, frame_tokens="flatten",
                              max_frames=4)})
@@ -472,3 +474,12 @@ def test_grid_tokens_start_from_the_ordered_readout(data_root, tmp_path):
   got_tokens = state["intermediates"]["temporal"]["__call__"][0][0]
   assert got_tokens.shape == (2, 4, 32)
   np.testing.assert_allclose(np.asarray(got_tokens), np.asarray(want_tokens), atol=2e-5)
+  # the video token: the stage's video embedding (mean of projected frames + ordered read-out)
+  want_video, _ = stage_task.model.apply({"params": stage_params}, px, mask, method=vifi_model.ViFiCLIP.encode_video)
+  want_video = np.asarray(want_video) / np.linalg.norm(np.asarray(want_video), axis=-1, keepdims=True)
+  _, state = fresh.model.apply({"params": loaded}, px, frame_mask=mask, method=captiont5_model.CaptionT5.visual_tokens,
+                               capture_intermediates=lambda mdl, name: name == "video_embedding",
+                               mutable=["intermediates"])
+  got_video = np.asarray(state["intermediates"]["video_embedding"][0])
+  np.testing.assert_allclose(got_video, want_video, atol=2e-5)
+  assert np.abs(np.asarray(stage_params["ordered"]["order_projection"]["kernel"])).max() > 0  # trained

@@ -34,6 +34,9 @@ Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10
   per frame, a temporal transformer over them) instead of the pooled class token; with
   ``ordered_clip`` that pathway starts from stage 0's ordered read-out (its temporal module and norm),
   so the captioner's frame tokens begin where the stage's order-aware video embedding came from.
+* ``videotoken``: one more visual token, stage 0's video embedding (ViFi-CLIP's per-frame projection
+  averaged, plus its ordered read-out with ``ordered_clip``), computed inside CaptionT5 by the stage's
+  own weights: what the stage's zero-shot classification reads, handed to the T5 encoder.
 * ``nothoughts``: thoughts switched off (ablation; the CLIP stage still re-ranks).
 * ``frac10``: 10% of the training clips.
 * ``temporal=mean|transformer|resampler``: the temporal module.
@@ -146,6 +149,8 @@ def get_config(arg=None):
     # heads and frames as the ordered read-out's (vificlip.ordered_readout_heads(128) = 4)
     c.model.temporal = dict(kind="transformer", num_layers=1, num_heads=4, frame_tokens="flatten",
                             max_frames=c.data.num_frames)
+  if "videotoken" in args:  # stage 0's video embedding as one more visual token
+    c.model.video_token = "ordered" if "ordered_clip" in args else "mean"
   if "nothoughts" in args:
     c.thoughts.sources = ()
   if "frac10" in args:

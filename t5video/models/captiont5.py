@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from t5video.models import clip as clip_lib
 from t5video.models import t5 as t5_lib
+from t5video.models import vificlip as vificlip_lib
 from t5video.models.layers import Dense, LoraSpec
 from t5video.models.temporal import TemporalConfig, TemporalModule, pool_patch_grid
 
@@ -47,7 +48,16 @@ class CaptionT5Config:
       most ``grid_cells`` x ``grid_cells`` cells: the input of ViFi-CLIP's
       ordered read-out, whose ``ordered/temporal`` a temporal module with
       ``frame_tokens='flatten'`` can start from).
-    grid_cells: 'grid': cells a side of the pooled patch grid.
+    grid_cells: 'grid' and ``video_token='ordered'``: cells a side of the pooled patch grid.
+    video_token: '' (none), 'mean' or 'ordered': one more visual token, the
+      video embedding of a ViFi-CLIP video encoder (its per-frame projection
+      ``video_projection`` averaged over frames, plus for 'ordered' its ordered
+      read-out ``ordered`` over the grid tokens), L2-normalised and projected
+      to ``d_model``. Started from a ViFi-CLIP run, the token is that run's
+      video embedding, the one its zero-shot classification reads.
+    projection_dim: width of that video embedding (the ViFi-CLIP run's).
+    num_frames: frames per clip ('ordered' video token: its read-out is built for them).
+    order_layers: the ordered read-out's temporal transformer layers.
     feature_dim: width of cached features (only when ``vision`` is None).
     prompt_length: learned prefix embeddings for prompt tuning (0: none).
     lora: LoRA applied to every Dense whose path matches its targets (CLIP,
@@ -58,6 +68,10 @@ class CaptionT5Config:
   temporal: TemporalConfig = TemporalConfig()
   visual_tokens: str = "pooled"
   grid_cells: int = 4
+  video_token: str = ""
+  projection_dim: int = 512
+  num_frames: int = 8
+  order_layers: int = 1
   feature_dim: Optional[int] = None
   prompt_length: int = 0
   lora: Optional[LoraSpec] = None
@@ -83,10 +97,24 @@ class CaptionT5(nn.Module):
       if not cfg.feature_dim:
         raise ValueError("CaptionT5Config needs `vision` or `feature_dim` (cached features)")
       width = cfg.feature_dim
-    if cfg.visual_tokens == "grid":
+    if cfg.video_token not in ("", "mean", "ordered"):
+      raise ValueError(f"video_token must be '', 'mean' or 'ordered', got {cfg.video_token!r}")
+    if cfg.visual_tokens == "grid" or cfg.video_token == "ordered":
       if cfg.vision is None:
-        raise ValueError("visual_tokens='grid' needs the vision tower (cached pooled features have no patch grid)")
+        raise ValueError("visual_tokens='grid' and video_token='ordered' need the vision tower (cached pooled "
+                         "features have no patch grid)")
       self.grid_norm = nn.LayerNorm(epsilon=cfg.vision.layer_norm_eps, use_fast_variance=False, name="grid_norm")
+    if cfg.video_token:
+      if cfg.vision is None:
+        raise ValueError("video_token needs the vision tower, not cached features")
+      self.video_projection = Dense(cfg.projection_dim, use_bias=False, kernel_axes=("embed", None),
+                                    name="video_projection")
+      if cfg.video_token == "ordered":
+        self.ordered = vificlip_lib.OrderedReadout(cfg.grid_cells, cfg.num_frames, cfg.order_layers,
+                                                   cfg.projection_dim, name="ordered")
+      self.video_token_projection = Dense(cfg.t5.d_model, kernel_axes=(None, "embed"), lora=cfg.lora,
+                                          name="video_token_projection")
+      self.video_token_norm = nn.LayerNorm(name="video_token_norm")
     self.temporal = TemporalModule(dataclasses.replace(cfg.temporal, lora=cfg.lora))
     self.visual_projection = Dense(cfg.t5.d_model, kernel_axes=(None, "embed"),
                                    lora=cfg.lora, name="visual_projection")
@@ -101,6 +129,7 @@ class CaptionT5(nn.Module):
   def visual_tokens(self, pixel_values=None, features=None, frame_mask=None, deterministic=True):
     """Returns ``(tokens [b, v, d_model], mask [b, v])``."""
     cfg = self.config
+    out = None
     if features is None:
       if pixel_values is None:
         raise ValueError("CaptionT5 needs pixel_values or features")
@@ -111,13 +140,9 @@ class CaptionT5(nn.Module):
       elif cfg.visual_tokens == "patches":
         features = out.last_hidden_state  # [b, t, l, width]
       elif cfg.visual_tokens == "grid":
-        b, t = pixel_values.shape[:2]
-        ph, pw = clip_lib._pair(cfg.vision.patch_size, "patch_size")  # pylint: disable=protected-access
-        gh, gw = pixel_values.shape[2] // ph, pixel_values.shape[3] // pw
-        # the patch tokens (the class token dropped): [b, t, 1 + gh * gw, width] -> [b, t, gh, gw, width]
-        patches = self.grid_norm(out.last_hidden_state[:, :, 1:]).reshape(b, t, gh, gw, -1)
         # [b, t, gh, gw, width] -> [b, t, cells, width]
-        features = pool_patch_grid(patches, cfg.grid_cells).astype(out.last_hidden_state.dtype)
+        features = pool_patch_grid(self.patch_grid(out, pixel_values.shape),
+                                   cfg.grid_cells).astype(out.last_hidden_state.dtype)
       else:
         raise ValueError(f"visual_tokens must be 'pooled', 'patches' or 'grid', got {cfg.visual_tokens!r}")
     elif features.ndim == 3:
@@ -129,7 +154,35 @@ class CaptionT5(nn.Module):
     features = nn.with_logical_constraint(features, ("act_batch", "act_frames", "act_len", "act_embed"))
     tokens, mask = self.temporal(features, frame_mask, deterministic=deterministic)
     tokens = self.visual_norm(self.visual_projection(tokens, deterministic))
+    if cfg.video_token:
+      if out is None:
+        raise ValueError("video_token needs pixel_values (cached features carry no video embedding)")
+      # the ViFi-CLIP video embedding as one more token: [b, d_model] -> [b, 1, d_model]
+      video = self.video_embedding(out, pixel_values.shape, frame_mask, deterministic)
+      token = self.video_token_norm(self.video_token_projection(video, deterministic))[:, None, :]
+      # [b, v, d_model] ; [b, 1, d_model] -> [b, v + 1, d_model]
+      tokens = jnp.concatenate([tokens, token.astype(tokens.dtype)], axis=1)
+      mask = jnp.concatenate([mask, jnp.ones((b, 1), mask.dtype)], axis=1)
     return nn.with_logical_constraint(tokens, ("act_batch", "act_len", "act_embed")), mask
+
+  def patch_grid(self, out, pixel_shape):
+    """The patch tokens (class token dropped) through ``grid_norm``: ``[b, t, gh, gw, width]``."""
+    b, t = pixel_shape[:2]
+    ph, pw = clip_lib._pair(self.config.vision.patch_size, "patch_size")  # pylint: disable=protected-access
+    # [b, t, 1 + gh * gw, width] -> [b, t, gh, gw, width]
+    return self.grid_norm(out.last_hidden_state[:, :, 1:]).reshape(b, t, pixel_shape[2] // ph,
+                                                                   pixel_shape[3] // pw, -1)
+
+  def video_embedding(self, out, pixel_shape, frame_mask, deterministic=True):
+    """ViFi-CLIP's video embedding from the tower's output, L2-normalised: ``[b, projection_dim]``."""
+    cfg = self.config
+    # per-frame embeddings, their masked mean over frames: [b, t, width] -> [b, t, P] -> [b, P]
+    embeds = self.video_projection(out.pooler_output, deterministic).astype(jnp.float32)
+    weights = frame_mask.astype(jnp.float32)[..., None]  # [b, t, 1]
+    video = jnp.sum(embeds * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+    if cfg.video_token == "ordered":
+      video = video + self.ordered(self.patch_grid(out, pixel_shape), frame_mask, deterministic).astype(jnp.float32)
+    return video / jnp.maximum(jnp.linalg.norm(video, axis=-1, keepdims=True), 1e-6)
 
   def encode(self, input_ids, attention_mask, pixel_values=None, features=None, frame_mask=None,
              deterministic=True):

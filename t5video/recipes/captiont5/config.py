@@ -106,6 +106,9 @@ def base_config() -> ml_collections.ConfigDict:
                                     # whose temporal='ordered', its ordered read-out's temporal module
                                     # and norm start the model's: t5video/models/captiont5.py)
       grid_cells=4,
+      video_token="",               # '' | 'mean' | 'ordered': the ViFi-CLIP video embedding as one more
+                                    # visual token (sizes from the vision source's run; see
+                                    # t5video/models/captiont5.py)
       clip_init="",                 # an HF CLIP directory or a finished ViFi-CLIP workdir (then
                                     # `clip` sizes come from it)
       t5_init="",                   # an HF T5 directory (sizes and tokenizer come from it)
@@ -240,7 +243,18 @@ def build_model_config(config: ml_collections.ConfigDict, vocab_size: int,
     fields["vocab_size"] = -(-vocab_size // 128) * 128
     t5 = t5_lib.T5Config(**fields, dtype=dtype, lora=lora, adapter_dim=adapter_dim, remat=m.remat)
   temporal = TemporalConfig(**dict(m.temporal), dtype=DTYPES[dtype])
+  video = {}
+  if m.get("video_token"):
+    video = dict(video_token=m.video_token, num_frames=config.data.num_frames)
+    if vision_source is not None:  # the ViFi-CLIP run's video encoder
+      vm = vision_source.model
+      video.update(projection_dim=vm.projection_dim, order_layers=vm.get("order_layers", 1),
+                   grid_cells=vm.get("order_grid", 4))
+      if m.video_token == "ordered" and vm.temporal != "ordered":
+        raise ValueError(f"model.video_token='ordered' needs an ordered ViFi-CLIP run, got temporal={vm.temporal!r}")
+    else:  # an image CLIP (its visual_projection) or a tower from scratch
+      video.update(projection_dim=(vision.projection_dim if vision is not None else 512))
   return CaptionT5Config(vision=vision, t5=t5, temporal=temporal, visual_tokens=m.visual_tokens,
-                         grid_cells=m.get("grid_cells", 4),
+                         **{"grid_cells": m.get("grid_cells", 4), **video},
                          feature_dim=feature_dim,
                          prompt_length=p.prompt_length if p.method == "prompt" else 0, lora=lora)

@@ -404,9 +404,20 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
         print(f"grid_norm and temporal module from the ordered read-out of {vifi_dir}", flush=True)
         params = merge_subtree(params, "grid_norm", vifi_params["vision_model"]["post_layernorm"], vifi_dir)
         params = merge_subtree(params, "temporal", vifi_params["ordered"]["temporal"], vifi_dir)
+      if m.get("video_token"):
+        # the run's video encoder: its per-frame projection and (ordered) read-out
+        print(f"video token: the video embedding of {vifi_dir}", flush=True)
+        params = merge_subtree(params, "video_projection", vifi_params["visual_projection"], vifi_dir)
+        if m.video_token == "ordered":
+          params = merge_subtree(params, "grid_norm", vifi_params["vision_model"]["post_layernorm"], vifi_dir)
+          params = merge_subtree(params, "ordered", vifi_params["ordered"], vifi_dir)
     elif m.clip_init and not self.features_shape:
       _, clip_params = hf.load_hf(m.clip_init)
       params = merge_subtree(params, "clip", {"vision_model": clip_params["vision_model"]}, m.clip_init)
+      if m.get("video_token"):  # an image CLIP: its image projection (the ordered read-out starts at zero)
+        params = merge_subtree(params, "video_projection", clip_params["visual_projection"], m.clip_init)
+        if m.video_token == "ordered":
+          params = merge_subtree(params, "grid_norm", clip_params["vision_model"]["post_layernorm"], m.clip_init)
     if m.t5_init:
       _, t5_params = hf.load_hf(m.t5_init)
       params = merge_subtree(params, "t5", t5_params, m.t5_init)
