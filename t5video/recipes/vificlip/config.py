@@ -152,6 +152,19 @@ def vision_config(config: ml_collections.ConfigDict):
   return clip_lib.CLIPVisionConfig(**{**clip_lib.VARIANTS[m.variant]["vision"], **vision})
 
 
+def projection_dim(config: ml_collections.ConfigDict) -> int:
+  """The joint embedding width of a ViFi-CLIP run config: ``model.projection_dim``, or when it is 0
+  the HF checkpoint's that ``init_from.path`` names (as :func:`vision_config`)."""
+  from t5video.recipes import standins  # pylint: disable=g-import-not-at-top
+  if int(config.model.get("projection_dim") or 0) > 0:
+    return int(config.model.projection_dim)
+  path = standins.resolve(str(config.init_from.get("path") or ""), "clip")
+  hf_config = hf_clip_config(path)
+  if hf_config is None:
+    raise ValueError(f"model.projection_dim is 0 and init_from.path={path!r} is not an HF CLIP directory")
+  return checkpoint_towers(hf_config, {}, {}, path)[2]
+
+
 # =============================================================================
 # Shared settings of configs/vificlip/*.py
 # =============================================================================
