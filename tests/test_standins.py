@@ -257,6 +257,7 @@ def test_vificlip_standins_variant_takes_towers_sizes_and_weights_from_the_stand
     config.data.root = str(tmp_path / "data")
     config.data.synthetic.num_videos = 24
   assert vificlip_config.vision_config(config).hidden_size == 32  # the tiny stand-in's width
+  assert config.model.projection_dim == 0 and vificlip_config.projection_dim(config) == 16  # the stand-in's
   prepared = ViFiCLIPTask.prepare(config, str(tmp_path / "run"))
   assert prepared.init_from.path == prepared.model.tokenizer == os.path.join(path, "clip")
   assert prepared.model.vision.hidden_size == 32  # written into the run's config: it restores alone
