@@ -36,7 +36,10 @@ Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10
   so the captioner's frame tokens begin where the stage's order-aware video embedding came from.
 * ``videotoken``: one more visual token, stage 0's video embedding (ViFi-CLIP's per-frame projection
   averaged, plus its ordered read-out with ``ordered_clip``), computed inside CaptionT5 by the stage's
-  own weights: what the stage's zero-shot classification reads, handed to the T5 encoder.
+  own weights: what the stage's zero-shot classification reads, handed to the T5 encoder. The stage's
+  encoder is frozen (``optim.freeze``): trained on, it collapsed to the prior (docs/results.md). With
+  ``vifi_standins,ordered_clip`` and ``--config.model.t5_init=`` this is the first design whose captions
+  name actions and order (one seed; docs/results.md).
 * ``nothoughts``: thoughts switched off (ablation; the CLIP stage still re-ranks).
 * ``frac10``: 10% of the training clips.
 * ``temporal=mean|transformer|resampler``: the temporal module.
@@ -151,6 +154,7 @@ def get_config(arg=None):
                             max_frames=c.data.num_frames)
   if "videotoken" in args:  # stage 0's video embedding as one more visual token
     c.model.video_token = "ordered" if "ordered_clip" in args else "mean"
+    c.optim.freeze = r"^(clip|ordered|video_projection|grid_norm)/"  # the stage-0 encoder stays as trained
   if "nothoughts" in args:
     c.thoughts.sources = ()
   if "frac10" in args:
