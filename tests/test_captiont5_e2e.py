@@ -483,3 +483,8 @@ def test_grid_tokens_and_video_token_start_from_the_ordered_stage(data_root, tmp
   got_video = np.asarray(state["intermediates"]["video_embedding"][0])
   np.testing.assert_allclose(got_video, want_video, atol=2e-5)
   assert np.abs(np.asarray(stage_params["ordered"]["order_projection"]["kernel"])).max() > 0  # trained
+  # the grid tokens and the read-out share one pooled grid, whose size the read-out's weights fix
+  mismatched = cli.load_run_config(workdir)
+  mismatched.model.grid_cells = 2
+  with pytest.raises(ValueError, match="model.grid_cells=2"):
+    task_lib.get_task("captiont5")(mismatched).init_params(jax.random.PRNGKey(0))

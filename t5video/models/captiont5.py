@@ -99,14 +99,12 @@ class CaptionT5(nn.Module):
       width = cfg.feature_dim
     if cfg.video_token not in ("", "mean", "ordered"):
       raise ValueError(f"video_token must be '', 'mean' or 'ordered', got {cfg.video_token!r}")
+    if cfg.vision is None and (cfg.visual_tokens == "grid" or cfg.video_token):
+      raise ValueError(f"visual_tokens={cfg.visual_tokens!r} and video_token={cfg.video_token!r} need the "
+                       "vision tower: cached pooled features have no patch grid and no video embedding")
     if cfg.visual_tokens == "grid" or cfg.video_token == "ordered":
-      if cfg.vision is None:
-        raise ValueError("visual_tokens='grid' and video_token='ordered' need the vision tower (cached pooled "
-                         "features have no patch grid)")
       self.grid_norm = nn.LayerNorm(epsilon=cfg.vision.layer_norm_eps, use_fast_variance=False, name="grid_norm")
     if cfg.video_token:
-      if cfg.vision is None:
-        raise ValueError("video_token needs the vision tower, not cached features")
       self.video_projection = Dense(cfg.projection_dim, use_bias=False, kernel_axes=("embed", None),
                                     name="video_projection")
       if cfg.video_token == "ordered":
@@ -129,7 +127,7 @@ class CaptionT5(nn.Module):
   def visual_tokens(self, pixel_values=None, features=None, frame_mask=None, deterministic=True):
     """Returns ``(tokens [b, v, d_model], mask [b, v])``."""
     cfg = self.config
-    out = None
+    out = grid = None
     if features is None:
       if pixel_values is None:
         raise ValueError("CaptionT5 needs pixel_values or features")
@@ -141,8 +139,8 @@ class CaptionT5(nn.Module):
         features = out.last_hidden_state  # [b, t, l, width]
       elif cfg.visual_tokens == "grid":
         # [b, t, gh, gw, width] -> [b, t, cells, width]
-        features = pool_patch_grid(self.patch_grid(out, pixel_values.shape),
-                                   cfg.grid_cells).astype(out.last_hidden_state.dtype)
+        grid = self.patch_grid(out, pixel_values.shape)
+        features = pool_patch_grid(grid, cfg.grid_cells).astype(out.last_hidden_state.dtype)
       else:
         raise ValueError(f"visual_tokens must be 'pooled', 'patches' or 'grid', got {cfg.visual_tokens!r}")
     elif features.ndim == 3:
@@ -158,7 +156,9 @@ class CaptionT5(nn.Module):
       if out is None:
         raise ValueError("video_token needs pixel_values (cached features carry no video embedding)")
       # the ViFi-CLIP video embedding as one more token: [b, d_model] -> [b, 1, d_model]
-      video = self.video_embedding(out, pixel_values.shape, frame_mask, deterministic)
+      if grid is None and cfg.video_token == "ordered":
+        grid = self.patch_grid(out, pixel_values.shape)
+      video = self.video_embedding(out, grid, frame_mask, deterministic)
       token = self.video_token_norm(self.video_token_projection(video, deterministic))[:, None, :]
       # [b, v, d_model] ; [b, 1, d_model] -> [b, v + 1, d_model]
       tokens = jnp.concatenate([tokens, token.astype(tokens.dtype)], axis=1)
@@ -173,16 +173,17 @@ class CaptionT5(nn.Module):
     return self.grid_norm(out.last_hidden_state[:, :, 1:]).reshape(b, t, pixel_shape[2] // ph,
                                                                    pixel_shape[3] // pw, -1)
 
-  def video_embedding(self, out, pixel_shape, frame_mask, deterministic=True):
-    """ViFi-CLIP's video embedding from the tower's output, L2-normalised: ``[b, projection_dim]``."""
-    cfg = self.config
-    # per-frame embeddings, their masked mean over frames: [b, t, width] -> [b, t, P] -> [b, P]
-    embeds = self.video_projection(out.pooler_output, deterministic).astype(jnp.float32)
-    weights = frame_mask.astype(jnp.float32)[..., None]  # [b, t, 1]
-    video = jnp.sum(embeds * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
-    if cfg.video_token == "ordered":
-      video = video + self.ordered(self.patch_grid(out, pixel_shape), frame_mask, deterministic).astype(jnp.float32)
-    return video / jnp.maximum(jnp.linalg.norm(video, axis=-1, keepdims=True), 1e-6)
+  def video_embedding(self, out, grid, frame_mask, deterministic=True):
+    """ViFi-CLIP's video embedding, L2-normalised: ``[b, projection_dim]``.
+
+    ``out`` is the tower's output, ``grid`` its ``patch_grid`` (read by the
+    ordered read-out; None for ``video_token='mean'``).
+    """
+    # per-frame embeddings, their mean over real frames: [b, t, width] -> [b, t, P] -> [b, P]
+    video = vificlip_lib.masked_frame_mean(self.video_projection(out.pooler_output, deterministic), frame_mask)
+    if self.config.video_token == "ordered":
+      video = video + self.ordered(grid, frame_mask, deterministic).astype(jnp.float32)
+    return vificlip_lib.l2_normalize(video)
 
   def encode(self, input_ids, attention_mask, pixel_values=None, features=None, frame_mask=None,
              deterministic=True):

@@ -398,6 +398,19 @@ class _TextEmbeddings(nn.Module):
     return self.position_embedding(jnp.arange(1, 1 + num_prompts))
 
 
+def masked_frame_mean(embeds: Array, frame_mask: Optional[Array] = None) -> Array:
+  """The mean over real frames in float32: ``[B, T, P]`` (mask ``[B, T]``, True = real) -> ``[B, P]``.
+
+  ViFi-CLIP's video embedding before the ordered read-out; CaptionT5's video
+  token computes it with the same function.
+  """
+  embeds = embeds.astype(jnp.float32)
+  if frame_mask is None:
+    return jnp.mean(embeds, axis=1)
+  weights = frame_mask.astype(jnp.float32)[..., None]  # [B, T, 1]
+  return jnp.sum(embeds * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+
+
 def ordered_readout_heads(width: int) -> int:
   """Attention heads of the ordered read-out's temporal transformer over ``width``-wide frame tokens."""
   return max(1, min(8, width // 32))
@@ -490,12 +503,7 @@ class ViFiCLIP(nn.Module):
     embeds = nn.with_logical_constraint(embeds, ("act_batch", "act_frames", "act_embed"))
     if cfg.temporal == "spacetime":
       return embeds[:, 0], None
-    if frame_mask is None:
-      video = jnp.mean(embeds.astype(jnp.float32), axis=1)
-    else:
-      weights = frame_mask.astype(jnp.float32)[..., None]  # [B, T, 1]
-      video = jnp.sum(embeds.astype(jnp.float32) * weights, axis=1) / jnp.maximum(
-          jnp.sum(weights, axis=1), 1.0)
+    video = masked_frame_mean(embeds, frame_mask)
     if patches is not None:   # 'ordered': the mean plus the frames' ordered read-out
       video = video + self.ordered(patches, frame_mask, deterministic).astype(jnp.float32)
     return video, embeds

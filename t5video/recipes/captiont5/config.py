@@ -253,6 +253,10 @@ def build_model_config(config: ml_collections.ConfigDict, vocab_size: int,
                    grid_cells=vm.get("order_grid", 4))
       if m.video_token == "ordered" and vm.temporal != "ordered":
         raise ValueError(f"model.video_token='ordered' needs an ordered ViFi-CLIP run, got temporal={vm.temporal!r}")
+      if m.video_token == "ordered" and m.visual_tokens == "grid" and m.get("grid_cells", 4) != video["grid_cells"]:
+        # one pooled grid feeds both the grid tokens and the read-out, whose weights fix its size
+        raise ValueError(f"model.grid_cells={m.get('grid_cells', 4)}: the ordered read-out of the ViFi-CLIP run "
+                         f"pools a {video['grid_cells']}x{video['grid_cells']} grid; set model.grid_cells to match")
     else:  # an image CLIP (its visual_projection) or a tower from scratch
       video.update(projection_dim=(vision.projection_dim if vision is not None else 512))
   return CaptionT5Config(vision=vision, t5=t5, temporal=temporal, visual_tokens=m.visual_tokens,

@@ -393,31 +393,35 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     m = self.config.model
     params = nn.unbox(params)
     vifi_dir = self.vision_init_dir()
+    tower = None  # (vision_model params, their source) of the tower that was loaded
     if vifi_dir:
       from t5video.recipes.vificlip import predict as vificlip_predict  # pylint: disable=g-import-not-at-top
       _, vifi_params = vificlip_predict.restore(vifi_dir)
       print(f"vision tower from the ViFi-CLIP run {vifi_dir}", flush=True)
-      params = merge_subtree(params, "clip", {"vision_model": vifi_params["vision_model"]}, vifi_dir)
+      tower = (vifi_params["vision_model"], vifi_dir)
       if self.ordered_transfer(vifi_params):
-        # ViFi-CLIP's ordered read-out: its norm of the patch tokens and its temporal module over
-        # the pooled grid start CaptionT5's (the read-out's order_projection has no counterpart).
-        print(f"grid_norm and temporal module from the ordered read-out of {vifi_dir}", flush=True)
-        params = merge_subtree(params, "grid_norm", vifi_params["vision_model"]["post_layernorm"], vifi_dir)
+        # ViFi-CLIP's ordered read-out: its temporal module over the pooled grid starts CaptionT5's
+        # (the read-out's order_projection has no counterpart).
+        print(f"temporal module from the ordered read-out of {vifi_dir}", flush=True)
         params = merge_subtree(params, "temporal", vifi_params["ordered"]["temporal"], vifi_dir)
       if m.get("video_token"):
         # the run's video encoder: its per-frame projection and (ordered) read-out
         print(f"video token: the video embedding of {vifi_dir}", flush=True)
         params = merge_subtree(params, "video_projection", vifi_params["visual_projection"], vifi_dir)
         if m.video_token == "ordered":
-          params = merge_subtree(params, "grid_norm", vifi_params["vision_model"]["post_layernorm"], vifi_dir)
           params = merge_subtree(params, "ordered", vifi_params["ordered"], vifi_dir)
     elif m.clip_init and not self.features_shape:
       _, clip_params = hf.load_hf(m.clip_init)
-      params = merge_subtree(params, "clip", {"vision_model": clip_params["vision_model"]}, m.clip_init)
+      tower = (clip_params["vision_model"], m.clip_init)
       if m.get("video_token"):  # an image CLIP: its image projection (the ordered read-out starts at zero)
         params = merge_subtree(params, "video_projection", clip_params["visual_projection"], m.clip_init)
-        if m.video_token == "ordered":
-          params = merge_subtree(params, "grid_norm", clip_params["vision_model"]["post_layernorm"], m.clip_init)
+    if tower is not None:
+      vision_params, source = tower
+      params = merge_subtree(params, "clip", {"vision_model": vision_params}, source)
+      if "grid_norm" in params:
+        # the patch tokens are normalised as the tower normalises its class token (and as
+        # ViFi-CLIP's ordered read-out normalises the same patch tokens)
+        params = merge_subtree(params, "grid_norm", vision_params["post_layernorm"], source)
     if m.t5_init:
       _, t5_params = hf.load_hf(m.t5_init)
       params = merge_subtree(params, "t5", t5_params, m.t5_init)
