@@ -1,7 +1,7 @@
 """The ``t5video`` command line.
 
   t5video train --config CONFIG.py[:ARG] [--config.KEY=VALUE ...] --workdir DIR
-  t5video eval --workdir DIR [--config CONFIG.py[:ARG]] [--split test] [--robustness]
+  t5video eval --workdir DIR [--config CONFIG.py[:ARG]] [--config.KEY=VALUE ...] [--split test] [--robustness]
   t5video caption --workdir DIR VIDEO [VIDEO ...]
   t5video zero-shot --workdir DIR --classes "a,b,c" VIDEO [VIDEO ...]
   t5video ground --workdir DIR --query "..." VIDEO [VIDEO ...]
@@ -17,8 +17,10 @@
 ``train`` and ``eval`` take an ml_collections config file: ``--config`` names
 it (``path.py:arg`` passes ``arg`` to its ``get_config``) and
 ``--config.a.b=value`` overrides one key; unknown keys and wrong types are
-errors before anything heavy starts. Run ``t5video COMMAND --help`` for a
-command's flags.
+errors before anything heavy starts. ``eval`` without ``--config`` reads the
+run's own ``config.json``, and ``--config.a.b=value`` overrides that (evaluating
+a trained run on another dataset or rendering, for instance). Run ``t5video
+COMMAND --help`` for a command's flags.
 
 Bad input (a config key, an annotation, a path, a config too big for free
 memory) ends in one line on stderr and exit code 1; ``--verbose`` (anywhere on
@@ -49,15 +51,61 @@ def _usage() -> str:
 # config-file commands (absl flags + ml_collections config_flags)
 # =============================================================================
 
+def _lists_as_tuples(config):
+  """``config.json`` stores a config file's tuples as lists; as tuples again they take
+  ``--config.KEY='(a, b)'`` overrides (ml_collections overrides no lists)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  def convert(value):
+    if isinstance(value, (list, tuple)):
+      return tuple(convert(v) for v in value)
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      return {k: convert(v) for k, v in value.items()}
+    return value
+
+  return ml_collections.ConfigDict(convert(config.to_dict()))
+
+
+def _run_workdir_without_config(argv: Sequence[str]) -> Optional[str]:
+  """``--workdir`` when ``argv`` has ``--config.KEY`` overrides but no ``--config`` and the
+  workdir holds a run's config.json (the overrides then apply to that config); else None."""
+  if any(a == "--config" or a.startswith("--config=") for a in argv):
+    return None
+  if not any(a.startswith("--config.") for a in argv):
+    return None
+  workdir = None
+  for i, a in enumerate(argv):
+    if a.startswith("--workdir="):
+      workdir = a.split("=", 1)[1]
+    elif a == "--workdir" and i + 1 < len(argv):
+      workdir = argv[i + 1]
+  from t5video.train import paths  # pylint: disable=g-import-not-at-top
+  if not workdir or not paths.exists(paths.join(workdir, "config.json")):
+    return None
+  return workdir
+
+
 def _parse_config_flags(argv: Sequence[str], command: str, *, config_required: bool):
   """Parses ``--config``, ``--config.*`` overrides and command flags with absl."""
   from absl import flags
   from ml_collections import config_flags
 
   fv = flags.FlagValues()
-  # sys_argv: the overrides come from ``argv`` (cli.main called from Python), not sys.argv.
-  config_flags.DEFINE_config_file("config", None, "Config file path[:arg].", flag_values=fv,
-                                  lock_config=True, sys_argv=[f"t5video {command}"] + list(argv))
+  sys_argv = [f"t5video {command}"] + list(argv)
+  run_workdir = None if config_required else _run_workdir_without_config(argv)
+  if run_workdir:
+    # no --config: the finished run's config.json, which --config.KEY=VALUE overrides (e.g.
+    # evaluating on another dataset: t5video eval --workdir W --config.data.root=D)
+    run_config = _lists_as_tuples(load_run_config(run_workdir))
+    try:  # the overrides apply here, as the flag is defined with its value
+      config_flags.DEFINE_config_dict("config", run_config, "The run's config.json.", flag_values=fv,
+                                      lock_config=True, sys_argv=sys_argv)
+    except (AttributeError, KeyError) as e:  # a --config.KEY the run's config does not have
+      _raise_unknown_flag(argv, command, e, load_run_config(run_workdir))
+  else:
+    # sys_argv: the overrides come from ``argv`` (cli.main called from Python), not sys.argv.
+    config_flags.DEFINE_config_file("config", None, "Config file path[:arg].", flag_values=fv,
+                                    lock_config=True, sys_argv=sys_argv)
   flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, metrics).", flag_values=fv)
   if command == "eval":
     flags.DEFINE_string("split", "", "Split to evaluate (default: config.data.eval_split).",
@@ -86,14 +134,16 @@ def _parse_config_flags(argv: Sequence[str], command: str, *, config_required: b
   return config, fv
 
 
-def _raise_unknown_flag(argv: Sequence[str], command: str, error: Exception):
-  """One line naming the unknown ``--config.KEY`` flag and the nearest valid key."""
+def _raise_unknown_flag(argv: Sequence[str], command: str, error: Exception, config=None):
+  """One line naming the unknown ``--config.KEY`` flag and the nearest valid key (of ``config``,
+  or of the ``--config`` file)."""
   from t5video import config as config_lib
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   if spec is None and "--config" in argv and argv.index("--config") + 1 < len(argv):
     spec = argv[argv.index("--config") + 1]
-  if spec:
+  if spec and config is None:
     config = config_lib.load_config_file(spec)
+  if config is not None:
     for a in argv:
       if a.startswith("--config."):
         try:
@@ -168,6 +218,8 @@ def restore_task(config, workdir: str):
 
 def cmd_eval(argv: Sequence[str]) -> int:
   config, fv = _parse_config_flags(argv, "eval", config_required=False)
+  from t5video.train import task as task_lib
+  task_lib.get_task(config.task).prepare_eval_data(config)
   task, params = restore_task(config, fv.workdir)
   if fv.split:
     with config.unlocked():

@@ -211,6 +211,49 @@ def test_config_overrides_come_from_main_argv(tmp_path):
   assert config.train.num_steps == 3
 
 
+def test_eval_overrides_apply_to_the_runs_own_config(tmp_path):
+  """``t5video eval --workdir W --config.KEY=V`` (no --config): W's config.json with the override,
+  list-valued keys included (config.json stores tuples as lists)."""
+  from t5video import config as config_lib
+  workdir = str(tmp_path / "run")
+  config = cli.load_config_file("configs/captiont5/synthetic.py")
+  config.train.num_steps = 7  # differs from the file: the run's config is what is read
+  config_lib.save_run_config(config, workdir)
+  argv = ["--workdir", workdir, "--config.data.root=elsewhere", "--config.data.synthetic_backgrounds=()",
+          "--config.data.synthetic_sizes=((160,120),(80,80))"]
+  got, _ = cli._parse_config_flags(argv, "eval", config_required=False)  # pylint: disable=protected-access
+  assert (got.train.num_steps, got.data.root) == (7, "elsewhere")
+  assert got.data.synthetic_backgrounds == () and got.data.synthetic_sizes == ((160, 120), (80, 80))
+  with pytest.raises(SystemExit, match="data.rooot"):
+    cli._parse_config_flags(["--workdir", workdir, "--config.data.rooot=x"], "eval",  # pylint: disable=protected-access
+                            config_required=False)
+  plain, _ = cli._parse_config_flags(["--workdir", workdir], "eval", config_required=False)  # pylint: disable=protected-access
+  assert plain.data.root == config.data.root
+
+
+def test_held_out_geometry_renders_with_the_sizes_and_rates_the_config_names(tmp_path):
+  from t5video.recipes.captiont5 import data as captiont5_data
+  config = cli.load_config_file("configs/captiont5/synthetic.py")
+  config.data.root = str(tmp_path / "geometry")
+  config.data.num_videos = 12
+  config.data.synthetic_seed = 3
+  config.data.synthetic_sizes = ((160, 120),)
+  config.data.synthetic_fps = (6,)
+  config.data.synthetic_seconds = (3.0, 3.5)
+  root = captiont5_data.prepare_data(config.data)
+  done = json.load(open(os.path.join(root, "DONE")))["config"]
+  assert done["sizes"] == [[160, 120]] and done["fps_choices"] == [6]
+  assert (done["min_seconds"], done["max_seconds"]) == (3.0, 3.5)
+  import av  # pylint: disable=g-import-not-at-top
+  video = sorted(glob.glob(os.path.join(root, "**", "*.mp4"), recursive=True))[0]
+  with av.open(video) as container:
+    stream = container.streams.video[0]
+    assert (stream.width, stream.height, int(stream.average_rate)) == (160, 120, 6)
+  mtime = os.path.getmtime(os.path.join(root, "DONE"))
+  captiont5_data.prepare_data(config.data)  # the same settings: left as it is
+  assert os.path.getmtime(os.path.join(root, "DONE")) == mtime
+
+
 @pytest.mark.slow
 def test_train_vificlip_then_zero_shot_prints_probabilities(tmp_path, capsys, monkeypatch):
   from t5video.recipes import vificlip as recipe

@@ -79,6 +79,12 @@ class Task(abc.ABC):
     del workdir
     return config
 
+  @classmethod
+  def prepare_eval_data(cls, config) -> None:
+    """Makes the evaluation data ``config`` names available before a finished run is
+    evaluated on it (``t5video eval --config.data...``). Default: nothing to do."""
+    del config
+
   def trainable(self) -> str:
     """The regex of the params that train ('' = all); default ``optim.trainable``.
     A recipe whose parameter-efficient method decides the set derives it here."""

@@ -45,6 +45,11 @@ def base_config() -> ml_collections.ConfigDict:
       synthetic_seed=0,             # synthetic only
       synthetic_backgrounds=(),     # synthetic only: () = every kind, e.g. ('plain',)
       synthetic_max_distractors=2,  # synthetic only: other objects per clip (0 to 2)
+      # synthetic only, () = the renderer's defaults: frame sizes (w, h), frame rates and the clip
+      # length range (min, max) in seconds; other values render a held-out geometry (docs/results.md)
+      synthetic_sizes=(),
+      synthetic_fps=(),
+      synthetic_seconds=(),
       train_split="train",
       eval_split="test",
       num_frames=8,

@@ -79,12 +79,24 @@ def prepare_data(data: ml_collections.ConfigDict) -> str:
     wanted = {"generator_version": synthetic.GENERATOR_VERSION, "num_videos": int(data.num_videos),
               "seed": int(data.synthetic_seed), "backgrounds": list(backgrounds) or None,
               "max_distractors": distractors if distractors != 2 else None}
+    geometry = {}  # held-out geometry: only what the config sets (renderer defaults otherwise)
+    if data.get("synthetic_sizes"):
+      geometry["sizes"] = tuple(tuple(int(v) for v in s) for s in data.synthetic_sizes)
+      wanted["sizes"] = [list(s) for s in geometry["sizes"]]
+    if data.get("synthetic_fps"):
+      geometry["fps_choices"] = tuple(int(v) for v in data.synthetic_fps)
+      wanted["fps_choices"] = list(geometry["fps_choices"])
+    if data.get("synthetic_seconds"):
+      if len(data.synthetic_seconds) != 2:
+        raise ValueError(f"config.data.synthetic_seconds must be (min, max), got {tuple(data.synthetic_seconds)}")
+      geometry["min_seconds"], geometry["max_seconds"] = (float(v) for v in data.synthetic_seconds)
+      wanted.update(min_seconds=geometry["min_seconds"], max_seconds=geometry["max_seconds"])
     if any(rendered.get(k) != v for k, v in wanted.items()):
       print(f"rendering the synthetic dataset ({data.num_videos} clips, seed {data.synthetic_seed}"
             f"{', backgrounds ' + '/'.join(backgrounds) if backgrounds else ''}, at most {distractors} "
-            f"distractors) into {root}", flush=True)
+            f"distractors{''.join(f', {k} {v}' for k, v in geometry.items())}) into {root}", flush=True)
       synthetic.render_dataset(root, data.num_videos, data.synthetic_seed, backgrounds=backgrounds or None,
-                               max_distractors=distractors, overwrite=True)
+                               max_distractors=distractors, overwrite=True, **geometry)
   elif not data.root:
     raise ValueError(f"config.data.root is empty: pass --config.data.root=DIR (the {data.layout} "
                      "dataset folder)")

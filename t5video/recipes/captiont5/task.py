@@ -149,6 +149,11 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
 
   # ---- run assets and stages ------------------------------------------------------
   @classmethod
+  def prepare_eval_data(cls, config: ml_collections.ConfigDict) -> None:
+    """A synthetic dataset the config asks for is rendered if absent (a held-out rendering)."""
+    data_lib.prepare_data(config.data)
+
+  @classmethod
   def prepare(cls, config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
     """Renders the data if needed and resolves the config into the one that trains.
 
