@@ -488,3 +488,13 @@ def test_grid_tokens_and_video_token_start_from_the_ordered_stage(data_root, tmp
   mismatched.model.grid_cells = 2
   with pytest.raises(ValueError, match="model.grid_cells=2"):
     task_lib.get_task("captiont5")(mismatched).init_params(jax.random.PRNGKey(0))
+  # the demo default freezes exactly stage 0's weights inside CaptionT5 (a renamed param would
+  # silently train the encoder, which collapsed to the prior: docs/results.md)
+  from t5video.train import optim as optim_lib
+  demo = cli.load_config_file(os.path.join(ROOT, "configs", "captiont5", "synthetic.py"))
+  assert demo.model.video_token == "ordered" and demo.optim.freeze
+  labels = dict(peft.path_strings(optim_lib.param_labels(
+      loaded, optim_lib.OptimConfig.from_config(demo.optim))))
+  frozen = {k.split("/")[0] for k, v in labels.items() if v == optim_lib.FROZEN}
+  assert frozen == {"clip", "ordered", "video_projection", "grid_norm"}, frozen
+  assert labels["video_token_projection/kernel"] != optim_lib.FROZEN

@@ -1,18 +1,33 @@
 r"""CaptionT5 on the rendered synthetic dataset: the embedded default and main job.
 
 Renders the synthetic dataset (plain backgrounds, no distractors) into
-data_cache/synthetic on first use, trains a small video-text CLIP on the training
-clips (stage 0, the ViFi-CLIP recipe, into <workdir>/vificlip), starts CaptionT5's
-vision tower from it and re-ranks the candidate captions with it, trains the rest
-of a small CaptionT5 (a temporal transformer and a T5 from scratch) for captions,
-classes and tags on CPU, evaluates on the test split and prints the table (CIDEr,
-BLEU-4, top-1, macro-F1, tail-class recall) beside trivial baselines.
+data_cache/synthetic on first use, fine-tunes the stand-in image CLIP on the training
+clips as a video-text CLIP with an ordered read-out (stage 0, the ViFi-CLIP recipe,
+``configs/vificlip/synthetic.py:ordered,standins``, into <workdir>/vificlip), then trains
+a small CaptionT5 (a temporal transformer and a T5 from scratch) for captions, classes
+and tags on CPU. CaptionT5 sees each frame's class token from stage 0's vision tower
+and, as one more visual token, stage 0's video embedding (what its zero-shot
+classification reads), both computed by stage 0's frozen weights; the stage re-ranks
+the candidate captions. It evaluates on the test split and prints the table (CIDEr,
+BLEU-4, top-1, macro-F1, tail-class recall, tags; the controls and the attributes the
+captions name) beside trivial baselines.
 
   t5video train --config configs/captiont5/synthetic.py --workdir runs/demo
 
+The stand-in CLIP (``t5video standins``) is built on first use and cached (about 4
+minutes once). Until 2026-11-30 the default was a stage-0 CLIP from scratch with mean
+pooling and a CaptionT5 that trained its vision tower (``:v4``); its captions named the
+colour and no action (docs/results.md).
+
 Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10``):
 
-* ``runlocal``: a tiny run that finishes in about a minute (smoke test).
+* ``runlocal``: a tiny run that finishes in about a minute (smoke test). It keeps the former
+  default's design (a tiny stage-0 CLIP from scratch, no video token), which needs no stand-in.
+* ``v4``: the default until 2026-11-30, for reproducing docs/results.md's earlier tables: stage 0
+  from scratch with mean pooling (2,000 steps), pooled class tokens, the vision tower trained,
+  1,200 steps.
+* ``no_videotoken``: no video token (the pooled class tokens alone), the vision tower trained.
+* ``train_encoder``: stage 0's encoder trains on with the rest (it collapsed to the prior: docs/results.md).
 * ``concepts``: the stage-0 CLIP's top concepts become a thought as well (cross-fitted in two folds).
 * ``noclip``: no video-text CLIP stage: a vision tower from scratch, no concepts, no re-ranking.
 * ``standins``: as ``noclip``, but the vision tower and the T5 (with its tokenizer) start from the
@@ -24,22 +39,14 @@ Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10
   drafts come from an earlier checkpoint (stages ``draft_model``, 400 steps without drafts, and
   ``drafts``, which captions the training clips with it: t5video/recipes/captiont5/drafts.py), never
   from the references. About 3 more minutes.
-* ``vifi_standins``: stage 0 fine-tunes the stand-in image CLIP on the clips (``configs/vificlip/
-  synthetic.py:mean,standins``), CaptionT5's vision tower and the re-ranker come from it and the T5
-  (with its tokenizer) from the T5 stand-in: a pretrained image CLIP adapted to video, as in the papers.
-* ``ordered_clip``: stage 0 is ViFi-CLIP with ``temporal='ordered'`` (the mean plus an ordered
-  read-out of position-keeping frame tokens) instead of the mean: its concepts and re-ranking see
-  the order of frames.
+* ``vifi_standins``: stage 0 with mean pooling (``configs/vificlip/synthetic.py:mean,standins``, so
+  a ``'mean'`` video token) and the T5 (with its tokenizer) from the T5 stand-in: the papers' setting.
+* ``ordered_clip``: with ``vifi_standins``, stage 0 keeps the ordered read-out (the default's stage).
 * ``grid``: CaptionT5 reads each frame's patch grid (pooled to 4x4 cells, one position-keeping token
-  per frame, a temporal transformer over them) instead of the pooled class token; with
-  ``ordered_clip`` that pathway starts from stage 0's ordered read-out (its temporal module and norm),
-  so the captioner's frame tokens begin where the stage's order-aware video embedding came from.
-* ``videotoken``: one more visual token, stage 0's video embedding (ViFi-CLIP's per-frame projection
-  averaged, plus its ordered read-out with ``ordered_clip``), computed inside CaptionT5 by the stage's
-  own weights: what the stage's zero-shot classification reads, handed to the T5 encoder. The stage's
-  encoder is frozen (``optim.freeze``): trained on, it collapsed to the prior (docs/results.md). With
-  ``vifi_standins,ordered_clip`` and ``--config.model.t5_init=`` this is the first design whose captions
-  name actions and order (3 CaptionT5 seeds on one stage 0: action 62.1 ± 0.7; docs/results.md).
+  per frame, a temporal transformer over them) instead of the pooled class token; after an ordered
+  stage its temporal module starts from the stage's read-out.
+* ``videotoken``: the video token (the default; kept so that earlier commands still parse). The
+  token is ``'ordered'`` after an ordered stage and ``'mean'`` after a mean one.
 * ``nothoughts``: thoughts switched off (ablation; the CLIP stage still re-ranks).
 * ``frac10``: 10% of the training clips.
 * ``temporal=mean|transformer|resampler``: the temporal module.
@@ -47,17 +54,18 @@ Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10
   (meaningful with ``--config.init_from.path=<a trained workdir>``).
 * ``textonly``: the text-only control as well (``eval.controls``): the same recipe trained again on
   constant pixels in <workdir>/control_text_only, its metrics in the table as ``control_text_only_*``.
-  Off by default: it is a second CaptionT5 training run (about 7 more minutes on 2 cores). The
+  Off by default: it is a second CaptionT5 training run (about 5 more minutes on 2 cores). The
   other-frames control (one more evaluation pass) is always on.
 
-Hardware: a laptop CPU (2 cores): rendering, training and evaluation took 10 minutes on the
-reference machine on 2026-11-22 and about 18 on 2026-11-29 (CaptionT5 at 1.6 instead of 3.0
-steps/s). Results and the commands that produce them: docs/results.md.
+Hardware: a laptop CPU (2 cores): rendering, both stages and evaluation took 12 minutes on the
+reference machine on 2026-11-30, plus about 4 once for the stand-ins. Results (3 seeds, controls,
+held-out renderings) and the commands that produce them: docs/results.md, "The demo".
 """
 
 from t5video.recipes import captiont5
 
 STANDINS = "standins:configs/standins/default.py"  # t5video standins' CLIP and T5 (cached)
+FROZEN_ENCODER = r"^(clip|ordered|video_projection|grid_norm)/"  # stage 0's weights inside CaptionT5
 
 
 def get_config(arg=None):
@@ -74,7 +82,9 @@ def get_config(arg=None):
   c.data.size = 64
   c.data.cache_frames = True
   c.tasks = dict(caption=0.5, classify=0.25, tags=0.25, qa=0.0)
-  c.text.max_input_len = 128  # task prompt + thoughts (concepts, metadata, subtitle, draft)
+  # task prompt + metadata + subtitle: at most 45 tokens on the demo's clips; ':concepts' and
+  # ':refine' add thoughts and take 128
+  c.text.max_input_len = 64
   c.text.max_target_len = 32
   c.thoughts.sources = ("metadata", "subtitle")  # ':refine' adds the model's own draft
   c.model.clip = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
@@ -89,7 +99,7 @@ def get_config(arg=None):
   # pixels carry"); in this demo (a vision tower from the stage-0 CLIP, 1200 steps) they lost on
   # every metric and learned no more of the actions (docs/results.md, "The demo on the honest world").
   c.model.temporal = dict(kind="transformer", num_layers=1, num_heads=4)
-  c.train.num_steps = 1200
+  c.train.num_steps = 800
   c.train.batch_size = 16
   c.train.log_every = 50
   c.train.checkpoint_every = 500
@@ -98,15 +108,25 @@ def get_config(arg=None):
   c.optim.warmup_steps = 100
   c.optim.b2 = 0.98
   c.eval.controls = ("other_frames",)  # ':textonly' adds the text-only control (a second training)
-  # Stage 0: a video-text CLIP (the ViFi-CLIP recipe) trained on the same training clips into
-  # <workdir>/vificlip. It stands in for a pretrained CLIP: CaptionT5's vision tower starts from
-  # it (from scratch, the pixels go unused: docs/results.md), and it re-ranks the beam's candidate
-  # captions. Arg ``concepts`` adds its top concepts as a thought, cross-fitted in two folds.
-  c.thoughts.clip_stage = dict(config="configs/vificlip/synthetic.py:mean", num_steps=2000, folds=1,
-                               init_vision=True)
+  # Stage 0: the stand-in image CLIP fine-tuned on the training clips as a video-text CLIP with
+  # an ordered read-out (the ViFi-CLIP recipe) into <workdir>/vificlip. CaptionT5's vision tower
+  # and video token come from it, frozen (trained on, they collapsed to the prior:
+  # docs/results.md), and it re-ranks the beam's candidate captions. Arg ``concepts`` adds its top
+  # concepts as a thought, cross-fitted in two folds.
+  c.thoughts.clip_stage = dict(config="configs/vificlip/synthetic.py:ordered,standins", num_steps=1200,
+                               folds=1, init_vision=True)
+  c.model.video_token = "ordered"  # 'mean' after a mean stage (set at the end)
+  c.optim.freeze = FROZEN_ENCODER
   c.thoughts.top_k = 4
   c.eval.rerank = dict(candidates=4, source="beam", weight=5.0, top_p=0.9, temperature=1.0, seed=0)
 
+  if "v4" in args or "runlocal" in args:  # the former default: stage 0 from scratch, mean, trained on
+    c.thoughts.clip_stage.config = "configs/vificlip/synthetic.py:mean"
+    c.thoughts.clip_stage.num_steps = 2000
+    c.model.video_token = ""
+    c.optim.freeze = ""
+    c.train.num_steps = 1200
+    c.text.max_input_len = 128
   if "runlocal" in args:
     c.data.num_videos = 90
     c.data.root = "data_cache/synthetic_small"
@@ -118,19 +138,29 @@ def get_config(arg=None):
     c.eval.max_examples = 16
     c.thoughts.clip_stage = dict(config="configs/vificlip/synthetic.py:mean,tiny", num_steps=30, folds=1,
                                  init_vision=False)  # the tiny stage's tower is smaller than model.clip
+  if "no_videotoken" in args:
+    c.model.video_token = ""
+    c.optim.freeze = ""
+  if "train_encoder" in args:
+    c.optim.freeze = ""
   if "concepts" in args:  # the CLIP's top concepts as a thought too, cross-fitted
     c.thoughts.sources = ("concepts",) + tuple(c.thoughts.sources)
     c.thoughts.clip_stage.folds = 2
+    c.text.max_input_len = 128
   if "noclip" in args:  # no video-text CLIP: vision from scratch, no concept thoughts, no re-ranking
     c.thoughts.sources = tuple(x for x in c.thoughts.sources if x != "concepts")
     c.thoughts.clip_stage.init_vision = False
     c.eval.rerank.candidates = 0
+    c.model.video_token = ""
+    c.optim.freeze = ""
   if "standins" in args:  # pretrained stand-ins instead of towers from scratch (no CLIP stage)
     c.thoughts.sources = tuple(x for x in c.thoughts.sources if x != "concepts")
     c.thoughts.clip_stage.init_vision = False
     c.eval.rerank.candidates = 0
     c.model.clip_init = STANDINS
     c.model.t5_init = STANDINS
+    c.model.video_token = ""
+    c.optim.freeze = ""
   if "flatten" in args:  # position-keeping frame tokens (each frame's patch tokens -> one token)
     c.model.visual_tokens = "patches"
     c.model.temporal = dict(kind="transformer", num_layers=1, num_heads=4, frame_tokens="flatten")
@@ -138,6 +168,7 @@ def get_config(arg=None):
     c.thoughts.sources = tuple(c.thoughts.sources) + ("draft",)
     c.thoughts.drafts.num_steps = 400 if "runlocal" not in args else 10
     c.eval.refine = True
+    c.text.max_input_len = 128
   if "vifi_standins" in args:  # stage 0 fine-tunes the stand-in image CLIP on video (ViFi-CLIP)
     # CaptionT5's vision tower and the re-ranker come from that stage, the T5 from its stand-in:
     # the papers' setting (a pretrained image CLIP adapted to video, a pretrained T5).
@@ -152,9 +183,11 @@ def get_config(arg=None):
     # heads and frames as the ordered read-out's (vificlip.ordered_readout_heads(128) = 4)
     c.model.temporal = dict(kind="transformer", num_layers=1, num_heads=4, frame_tokens="flatten",
                             max_frames=c.data.num_frames)
-  if "videotoken" in args:  # stage 0's video embedding as one more visual token
-    c.model.video_token = "ordered" if "ordered_clip" in args else "mean"
-    c.optim.freeze = r"^(clip|ordered|video_projection|grid_norm)/"  # the stage-0 encoder stays as trained
+  if "videotoken" in args and not c.model.video_token:  # after ':v4' or ':no_videotoken'
+    c.model.video_token = "ordered"
+    c.optim.freeze = FROZEN_ENCODER
+  if c.model.video_token:  # the stage's own video embedding: ordered after an ordered stage
+    c.model.video_token = "ordered" if ":ordered" in c.thoughts.clip_stage.config else "mean"
   if "nothoughts" in args:
     c.thoughts.sources = ()
   if "frac10" in args:
