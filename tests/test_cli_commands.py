@@ -252,6 +252,11 @@ def test_held_out_geometry_renders_with_the_sizes_and_rates_the_config_names(tmp
   mtime = os.path.getmtime(os.path.join(root, "DONE"))
   captiont5_data.prepare_data(config.data)  # the same settings: left as it is
   assert os.path.getmtime(os.path.join(root, "DONE")) == mtime
+  # an evaluation asking for the default geometry there refuses instead of replacing the folder
+  config.data.synthetic_sizes, config.data.synthetic_fps, config.data.synthetic_seconds = (), (), ()
+  with pytest.raises(ValueError, match=r"differing: .*fps_choices.*sizes"):
+    captiont5_data.prepare_data(config.data, rerender=False)
+  assert os.path.getmtime(os.path.join(root, "DONE")) == mtime
 
 
 @pytest.mark.slow

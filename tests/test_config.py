@@ -81,3 +81,28 @@ def test_nothing_under_recipes_imports_the_cli():
       if any(n == "t5video.cli" or n.startswith("t5video.cli.") for n in names):
         offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
   assert not offenders, f"recipes import t5video.cli: {offenders}"
+
+
+@pytest.mark.parametrize("variant, stage, token, frozen, steps, input_len", [
+    # the default: the ordered stand-in stage, its frozen encoder and video embedding
+    ("", "configs/vificlip/synthetic.py:ordered,standins", "ordered", True, 800, 64),
+    ("v4", "configs/vificlip/synthetic.py:mean", "", False, 1200, 128),  # the former default
+    ("v4,vifi_standins,ordered_clip,videotoken", "configs/vificlip/synthetic.py:ordered,standins", "ordered",
+     True, 1200, 128),  # session 9's runs
+    ("vifi_standins", "configs/vificlip/synthetic.py:mean,standins", "mean", True, 800, 64),
+    ("no_videotoken", "configs/vificlip/synthetic.py:ordered,standins", "", False, 800, 64),
+    ("train_encoder", "configs/vificlip/synthetic.py:ordered,standins", "ordered", False, 800, 64),
+    ("standins,videotoken", None, "mean", True, 800, 64),   # an HF image CLIP: its projection, frozen
+    ("noclip,videotoken", None, "mean", False, 800, 64),    # a tower from scratch trains
+    ("runlocal", None, "", False, 30, 128),
+    ("concepts", "configs/vificlip/synthetic.py:ordered,standins", "ordered", True, 800, 128),
+    ("refine", "configs/vificlip/synthetic.py:ordered,standins", "ordered", True, 800, 128),
+])
+def test_demo_variants_resolve_the_stage_token_and_freeze(variant, stage, token, frozen, steps, input_len):
+  c = config_lib.load_config_file("configs/captiont5/synthetic.py" + (f":{variant}" if variant else ""))
+  if stage is not None:
+    assert c.thoughts.clip_stage.config == stage and c.thoughts.clip_stage.init_vision
+  assert c.model.video_token == token
+  assert bool(c.optim.freeze) == frozen
+  assert (c.train.num_steps, c.text.max_input_len) == (steps, input_len)
+  config_lib.validate(c)

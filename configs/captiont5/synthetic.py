@@ -46,7 +46,9 @@ Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10
   per frame, a temporal transformer over them) instead of the pooled class token; after an ordered
   stage its temporal module starts from the stage's read-out.
 * ``videotoken``: the video token (the default; kept so that earlier commands still parse). The
-  token is ``'ordered'`` after an ordered stage and ``'mean'`` after a mean one.
+  token is ``'ordered'`` after an ordered stage and ``'mean'`` after a mean one or on an HF image
+  CLIP (``:standins,videotoken``); on a tower from scratch (``:noclip``) nothing is frozen.
+* ``peft=...`` on the default: the frozen stage-0 weights stay frozen, LoRA/BitFit inside them included.
 * ``nothoughts``: thoughts switched off (ablation; the CLIP stage still re-ranks).
 * ``frac10``: 10% of the training clips.
 * ``temporal=mean|transformer|resampler``: the temporal module.
@@ -96,8 +98,8 @@ def get_config(arg=None):
                     relative_attention_max_distance=64)
   # One pooled CLIP token per frame, a temporal transformer over them. ':flatten' gives the
   # position-keeping frame tokens that won the from-scratch probes (docs/results.md, "What the
-  # pixels carry"); in this demo (a vision tower from the stage-0 CLIP, 1200 steps) they lost on
-  # every metric and learned no more of the actions (docs/results.md, "The demo on the honest world").
+  # pixels carry"); in the former demo (':v4': a vision tower from the stage-0 CLIP, 1200 steps) they
+  # lost on every metric and learned no more of the actions (docs/results.md, "The former demo").
   c.model.temporal = dict(kind="transformer", num_layers=1, num_heads=4)
   c.train.num_steps = 800
   c.train.batch_size = 16
@@ -186,8 +188,14 @@ def get_config(arg=None):
   if "videotoken" in args and not c.model.video_token:  # after ':v4' or ':no_videotoken'
     c.model.video_token = "ordered"
     c.optim.freeze = FROZEN_ENCODER
-  if c.model.video_token:  # the stage's own video embedding: ordered after an ordered stage
-    c.model.video_token = "ordered" if ":ordered" in c.thoughts.clip_stage.config else "mean"
+  if c.model.video_token:
+    if c.thoughts.clip_stage.init_vision and not c.model.clip_init:
+      # the stage's own video embedding: ordered after an ordered stage
+      c.model.video_token = "ordered" if ":ordered" in c.thoughts.clip_stage.config else "mean"
+    else:  # an HF image CLIP (its image projection, frozen with it) or a tower from scratch (trains)
+      c.model.video_token = "mean"
+      if not c.model.clip_init:
+        c.optim.freeze = ""
   if "nothoughts" in args:
     c.thoughts.sources = ()
   if "frac10" in args:

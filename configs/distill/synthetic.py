@@ -116,6 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # frames (8 of 64x64), trained on the labelled clips only.
   c.teacher.overrides = dict(
       thoughts=dict(sources=("metadata", "subtitle")),
+      text=dict(max_input_len=128),  # a QA prompt with its options before the thoughts (the demo's 64 is too few)
       eval=dict(refine=False, max_examples=0, controls=("other_frames",), meteor="false"),
       train=dict(batch_size=16, checkpoint_every=0, log_every=50))
 

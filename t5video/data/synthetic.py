@@ -1308,7 +1308,8 @@ def render_dataset(out_dir: str, num_videos: int, seed: int, *,
                    classes: Optional[Sequence[str]] = None,
                    class_prior: str = "zipf", backgrounds: Optional[Sequence[str]] = None,
                    max_distractors: int = 2, side_information: str = "honest",
-                   overwrite: bool = False, verbose: bool = False) -> dict[str, Any]:
+                   overwrite: bool = False, verbose: bool = False,
+                   settings_only: bool = False) -> dict[str, Any]:
   """Renders the synthetic dataset into ``out_dir`` (see the module docstring).
 
   A folder whose ``DONE`` records the same settings (and whose videos and
@@ -1334,10 +1335,12 @@ def render_dataset(out_dir: str, num_videos: int, seed: int, *,
       state the object and the action; a leak, for the leakage guard only).
     overwrite: replace a folder rendered with other settings.
     verbose: print progress.
+    settings_only: render nothing; return the settings as ``DONE`` records them.
 
   Returns:
     A summary: ``num_videos``, ``seed``, clips per split, per class and split,
-    ``rendered`` (False when a finished folder was reused) and ``seconds``.
+    ``rendered`` (False when a finished folder was reused) and ``seconds``
+    (with ``settings_only``, the settings instead).
   """
   t0 = time.perf_counter()
   cfg = SyntheticConfig(**_tuplify(dict(
@@ -1347,6 +1350,8 @@ def render_dataset(out_dir: str, num_videos: int, seed: int, *,
       max_distractors=max_distractors, side_information=side_information)))
   cfg.validate()
   config_json = cfg.to_json()
+  if settings_only:
+    return config_json
   done_path = os.path.join(out_dir, "DONE")
   if os.path.exists(done_path):
     try:

@@ -29,7 +29,7 @@ import numpy as np
 from t5video.models.layers import LoraSpec
 
 METHODS = ("full", "bridge", "lora", "adapters", "prompt", "bitfit", "last_n")
-BRIDGE = r"^(temporal|visual_projection|visual_norm)/"
+BRIDGE = r"^(temporal|visual_projection|visual_norm|video_token_projection|video_token_norm)/"
 
 
 def trainable_regex(method: str, *, last_n: int = 2, num_layers: int = 0,

@@ -254,8 +254,9 @@ def build_model_config(config: ml_collections.ConfigDict, vocab_size: int,
     if vision_source is not None:  # the ViFi-CLIP run's video encoder
       from t5video.recipes.vificlip import config as vificlip_config  # pylint: disable=g-import-not-at-top
       vm = vision_source.model
-      video.update(projection_dim=vificlip_config.projection_dim(vision_source), order_layers=vm.get("order_layers", 1),
-                   grid_cells=vm.get("order_grid", 4))
+      video.update(projection_dim=vificlip_config.projection_dim(vision_source), order_layers=vm.get("order_layers", 1))
+      if m.video_token == "ordered":  # the read-out's weights fix the size of its grid
+        video["grid_cells"] = vm.get("order_grid", 4)
       if m.video_token == "ordered" and vm.temporal != "ordered":
         raise ValueError(f"model.video_token='ordered' needs an ordered ViFi-CLIP run, got temporal={vm.temporal!r}")
       if m.video_token == "ordered" and m.visual_tokens == "grid" and m.get("grid_cells", 4) != video["grid_cells"]:

@@ -60,8 +60,14 @@ def data_root(data: ml_collections.ConfigDict) -> str:
   return os.path.abspath(os.path.expanduser(data.root))
 
 
-def prepare_data(data: ml_collections.ConfigDict) -> str:
-  """Returns the dataset root; renders the synthetic dataset there if absent."""
+def prepare_data(data: ml_collections.ConfigDict, *, rerender: bool = True) -> str:
+  """Returns the dataset root; renders the synthetic dataset there if absent.
+
+  A synthetic folder rendered with other settings is a cache and is rendered
+  again; with ``rerender=False`` (evaluating a finished run on it) that is an
+  error naming the settings that differ, so that a shared folder is never
+  replaced by an evaluation.
+  """
   root = os.path.abspath(os.path.expanduser(data.root))
   if data.layout == "synthetic":
     from t5video.data import synthetic
@@ -70,33 +76,31 @@ def prepare_data(data: ml_collections.ConfigDict) -> str:
     if os.path.isfile(done):
       with open(done) as f:
         rendered = json.load(f).get("config", {})
-    # The settings this config asks for (DONE leaves out renderer defaults). A
-    # finished folder rendered with them by this generator version is used as it
-    # is; a missing, half-written, outdated or differently rendered one is a
-    # cache and is rendered again.
-    backgrounds = tuple(data.get("synthetic_backgrounds") or ())
-    distractors = int(data.get("synthetic_max_distractors", 2))
-    wanted = {"generator_version": synthetic.GENERATOR_VERSION, "num_videos": int(data.num_videos),
-              "seed": int(data.synthetic_seed), "backgrounds": list(backgrounds) or None,
-              "max_distractors": distractors if distractors != 2 else None}
-    geometry = {}  # held-out geometry: only what the config sets (renderer defaults otherwise)
+    kwargs = {"backgrounds": tuple(data.get("synthetic_backgrounds") or ()) or None,
+              "max_distractors": int(data.get("synthetic_max_distractors", 2))}
+    # held-out geometry: only what the config sets (the renderer's defaults otherwise)
     if data.get("synthetic_sizes"):
-      geometry["sizes"] = tuple(tuple(int(v) for v in s) for s in data.synthetic_sizes)
-      wanted["sizes"] = [list(s) for s in geometry["sizes"]]
+      kwargs["sizes"] = tuple(tuple(int(v) for v in s) for s in data.synthetic_sizes)
     if data.get("synthetic_fps"):
-      geometry["fps_choices"] = tuple(int(v) for v in data.synthetic_fps)
-      wanted["fps_choices"] = list(geometry["fps_choices"])
+      kwargs["fps_choices"] = tuple(int(v) for v in data.synthetic_fps)
     if data.get("synthetic_seconds"):
       if len(data.synthetic_seconds) != 2:
         raise ValueError(f"config.data.synthetic_seconds must be (min, max), got {tuple(data.synthetic_seconds)}")
-      geometry["min_seconds"], geometry["max_seconds"] = (float(v) for v in data.synthetic_seconds)
-      wanted.update(min_seconds=geometry["min_seconds"], max_seconds=geometry["max_seconds"])
-    if any(rendered.get(k) != v for k, v in wanted.items()):
+      kwargs["min_seconds"], kwargs["max_seconds"] = (float(v) for v in data.synthetic_seconds)
+    # every setting as DONE records it: a finished folder rendered with them by this generator
+    # version is used as it is
+    wanted = synthetic.render_dataset(root, data.num_videos, data.synthetic_seed, settings_only=True, **kwargs)
+    if rendered != wanted:
+      if rendered and not rerender:
+        differ = sorted(k for k in set(rendered) | set(wanted) if rendered.get(k) != wanted.get(k))
+        raise ValueError(f"config.data.root={data.root!r} holds a synthetic dataset rendered with other "
+                         f"settings (differing: {', '.join(differ)}); pass another --config.data.root")
+      shown = {k: v for k, v in kwargs.items() if k not in ("backgrounds", "max_distractors")}
       print(f"rendering the synthetic dataset ({data.num_videos} clips, seed {data.synthetic_seed}"
-            f"{', backgrounds ' + '/'.join(backgrounds) if backgrounds else ''}, at most {distractors} "
-            f"distractors{''.join(f', {k} {v}' for k, v in geometry.items())}) into {root}", flush=True)
-      synthetic.render_dataset(root, data.num_videos, data.synthetic_seed, backgrounds=backgrounds or None,
-                               max_distractors=distractors, overwrite=True, **geometry)
+            f"{', backgrounds ' + '/'.join(kwargs['backgrounds']) if kwargs['backgrounds'] else ''}, at most "
+            f"{kwargs['max_distractors']} distractors{''.join(f', {k} {v}' for k, v in shown.items())}) "
+            f"into {root}", flush=True)
+      synthetic.render_dataset(root, data.num_videos, data.synthetic_seed, overwrite=True, **kwargs)
   elif not data.root:
     raise ValueError(f"config.data.root is empty: pass --config.data.root=DIR (the {data.layout} "
                      "dataset folder)")

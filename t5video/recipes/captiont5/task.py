@@ -150,8 +150,9 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
   # ---- run assets and stages ------------------------------------------------------
   @classmethod
   def prepare_eval_data(cls, config: ml_collections.ConfigDict) -> None:
-    """A synthetic dataset the config asks for is rendered if absent (a held-out rendering)."""
-    data_lib.prepare_data(config.data)
+    """A synthetic dataset the config asks for is rendered if absent (a held-out rendering); a
+    folder rendered with other settings is an error, not replaced."""
+    data_lib.prepare_data(config.data, rerender=False)
 
   @classmethod
   def prepare(cls, config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
