@@ -63,3 +63,18 @@ def test_verbose_shows_the_traceback(tmp_path):
   with pytest.raises(layouts.AnnotationError):
     cli.main(["train", "--verbose", "--config", RUNLOCAL, "--config.data.layout=msrvtt",
               f"--config.data.root={root}", "--workdir", str(tmp_path / "run")])
+
+
+def test_class_balanced_sampling_on_clips_without_labels_says_so_before_any_stage(tmp_path, capsys):
+  root = tmp_path / "mine"
+  root.mkdir()
+  (root / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [  # captions, no labels
+      {"path": "a.mp4", "caption": "a red ball rolls", "split": "train"},
+      {"path": "b.mp4", "caption": "a blue cube spins", "split": "test"}]))
+  rc, lines, err = _run(capsys, "train", "--config", RUNLOCAL, "--config.data.layout=generic",
+                        f"--config.data.root={root}", "--config.data.balance=class_balanced",
+                        "--workdir", str(tmp_path / "run"))
+  assert rc == 1
+  assert len(lines) == 1 and "Traceback" not in err, err
+  assert "config.data.balance='class_balanced'" in lines[0] and "--config.data.balance=" in lines[0]
+  assert not os.path.exists(tmp_path / "run" / "vificlip")  # no stage ran

@@ -105,4 +105,6 @@ def test_demo_variants_resolve_the_stage_token_and_freeze(variant, stage, token,
   assert c.model.video_token == token
   assert bool(c.optim.freeze) == frozen
   assert (c.train.num_steps, c.text.max_input_len) == (steps, input_len)
+  # class-balanced sampling in the new design only (the former default and the smoke run sample every clip)
+  assert c.data.balance == ("" if variant.startswith(("v4", "runlocal")) else "class_balanced")
   config_lib.validate(c)

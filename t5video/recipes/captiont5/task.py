@@ -173,6 +173,7 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     config.model.clip_init = standins.resolve(config.model.clip_init, "clip")
     config.model.t5_init = standins.resolve(config.model.t5_init, "t5")
     task = cls(config)
+    task.check_balance()  # before any stage runs
     assets = paths.join(workdir, ASSETS_DIR)
     paths.makedirs(assets)
     with config.unlocked():
@@ -326,9 +327,20 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
         features_key=self.config.data.features_layer if self.features_shape else "",
         qa=self.qa_pairs(self.config.data.train_split) if self.config.tasks.get("qa", 0.0) else None)
 
+  def check_balance(self, records=None) -> None:
+    """``data.balance`` samples by class: every training clip needs a label (one line otherwise)."""
+    d = self.config.data
+    records = self.records[d.train_split] if records is None else records
+    unlabelled = sum(1 for r in records if not r.label)
+    if d.balance and unlabelled:
+      raise ValueError(f"config.data.balance={d.balance!r} samples by class, but {unlabelled} of the {len(records)} "
+                       f"{d.train_split!r} clips in {self.root} have no label; pass --config.data.balance= "
+                       "(every clip equally often)")
+
   def train_loader(self, *, seed, process_index, process_count, batch_size):
     d = self.config.data
     records = fraction_subset(self.records[d.train_split], d.train_fraction, seed)
+    self.check_balance(records)
     if self.features_shape:
       source, transform = self.feature_source(d.train_split), pipeline.PassThrough()
       if d.train_fraction < 1.0:
