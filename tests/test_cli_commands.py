@@ -252,10 +252,18 @@ def test_held_out_geometry_renders_with_the_sizes_and_rates_the_config_names(tmp
   mtime = os.path.getmtime(os.path.join(root, "DONE"))
   captiont5_data.prepare_data(config.data)  # the same settings: left as it is
   assert os.path.getmtime(os.path.join(root, "DONE")) == mtime
-  # an evaluation asking for the default geometry there refuses instead of replacing the folder
-  config.data.synthetic_sizes, config.data.synthetic_fps, config.data.synthetic_seconds = (), (), ()
-  with pytest.raises(ValueError, match=r"differing: .*fps_choices.*sizes"):
+  # an evaluation asking for other settings there refuses instead of replacing the folder
+  config.data.synthetic_fps = (15,)
+  config.data.synthetic_seed = 4
+  with pytest.raises(ValueError, match=r"differing: fps_choices, seed"):
     captiont5_data.prepare_data(config.data, rerender=False)
+  assert os.path.getmtime(os.path.join(root, "DONE")) == mtime
+  # a config that leaves the geometry to the renderer uses the folder as it is (as it would one
+  # that `t5video data synthetic` rendered with other frame sizes)
+  config.data.synthetic_sizes, config.data.synthetic_fps, config.data.synthetic_seconds = (), (), ()
+  config.data.synthetic_seed = 3
+  captiont5_data.prepare_data(config.data, rerender=False)
+  captiont5_data.prepare_data(config.data)
   assert os.path.getmtime(os.path.join(root, "DONE")) == mtime
 
 

@@ -87,9 +87,16 @@ def prepare_data(data: ml_collections.ConfigDict, *, rerender: bool = True) -> s
       if len(data.synthetic_seconds) != 2:
         raise ValueError(f"config.data.synthetic_seconds must be (min, max), got {tuple(data.synthetic_seconds)}")
       kwargs["min_seconds"], kwargs["max_seconds"] = (float(v) for v in data.synthetic_seconds)
-    # every setting as DONE records it: a finished folder rendered with them by this generator
-    # version is used as it is
-    wanted = synthetic.render_dataset(root, data.num_videos, data.synthetic_seed, settings_only=True, **kwargs)
+    # The settings this config controls, as DONE records them: a finished folder rendered with them
+    # by this generator version is used as it is, whatever else it was rendered with (a folder from
+    # `t5video data synthetic` with other frame sizes, say; the geometry counts only when the config
+    # sets it).
+    full = synthetic.render_dataset(root, data.num_videos, data.synthetic_seed, settings_only=True, **kwargs)
+    controlled = ["generator_version", "num_videos", "seed", "backgrounds", "max_distractors",
+                  *(["sizes"] if "sizes" in kwargs else []), *(["fps_choices"] if "fps_choices" in kwargs else []),
+                  *(["min_seconds", "max_seconds"] if "min_seconds" in kwargs else [])]
+    wanted = {k: full.get(k) for k in controlled}
+    rendered = {k: rendered.get(k) for k in controlled} if rendered else {}
     if rendered != wanted:
       if rendered and not rerender:
         differ = sorted(k for k in set(rendered) | set(wanted) if rendered.get(k) != wanted.get(k))
