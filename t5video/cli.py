@@ -101,7 +101,7 @@ def _parse_config_flags(argv: Sequence[str], command: str, *, config_required: b
       config_flags.DEFINE_config_dict("config", run_config, "The run's config.json.", flag_values=fv,
                                       lock_config=True, sys_argv=sys_argv)
     except (AttributeError, KeyError) as e:  # a --config.KEY the run's config does not have
-      _raise_unknown_flag(argv, command, e, load_run_config(run_workdir))
+      _raise_unknown_flag(argv, command, e, run_config)
   else:
     # sys_argv: the overrides come from ``argv`` (cli.main called from Python), not sys.argv.
     config_flags.DEFINE_config_file("config", None, "Config file path[:arg].", flag_values=fv,

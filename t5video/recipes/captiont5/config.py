@@ -255,14 +255,14 @@ def build_model_config(config: ml_collections.ConfigDict, vocab_size: int,
       from t5video.recipes.vificlip import config as vificlip_config  # pylint: disable=g-import-not-at-top
       vm = vision_source.model
       video.update(projection_dim=vificlip_config.projection_dim(vision_source), order_layers=vm.get("order_layers", 1))
-      if m.video_token == "ordered":  # the read-out's weights fix the size of its grid
-        video["grid_cells"] = vm.get("order_grid", 4)
-      if m.video_token == "ordered" and vm.temporal != "ordered":
-        raise ValueError(f"model.video_token='ordered' needs an ordered ViFi-CLIP run, got temporal={vm.temporal!r}")
-      if m.video_token == "ordered" and m.visual_tokens == "grid" and m.get("grid_cells", 4) != video["grid_cells"]:
-        # one pooled grid feeds both the grid tokens and the read-out, whose weights fix its size
-        raise ValueError(f"model.grid_cells={m.get('grid_cells', 4)}: the ordered read-out of the ViFi-CLIP run "
-                         f"pools a {video['grid_cells']}x{video['grid_cells']} grid; set model.grid_cells to match")
+      if m.video_token == "ordered":
+        if vm.temporal != "ordered":
+          raise ValueError(f"model.video_token='ordered' needs an ordered ViFi-CLIP run, got temporal={vm.temporal!r}")
+        # the read-out's weights fix the size of its grid, which also feeds the grid tokens
+        video["grid_cells"] = cells = vm.get("order_grid", 4)
+        if m.visual_tokens == "grid" and m.get("grid_cells", 4) != cells:
+          raise ValueError(f"model.grid_cells={m.get('grid_cells', 4)}: the ordered read-out of the ViFi-CLIP run "
+                           f"pools a {cells}x{cells} grid; set model.grid_cells to match")
     else:  # an image CLIP (its visual_projection) or a tower from scratch
       video.update(projection_dim=(vision.projection_dim if vision is not None else 512))
   return CaptionT5Config(vision=vision, t5=t5, temporal=temporal, visual_tokens=m.visual_tokens,

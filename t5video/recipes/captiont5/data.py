@@ -93,13 +93,10 @@ def prepare_data(data: ml_collections.ConfigDict, *, rerender: bool = True) -> s
     # sets it).
     full = synthetic.render_dataset(root, data.num_videos, data.synthetic_seed, settings_only=True, **kwargs)
     controlled = ["generator_version", "num_videos", "seed", "backgrounds", "max_distractors",
-                  *(["sizes"] if "sizes" in kwargs else []), *(["fps_choices"] if "fps_choices" in kwargs else []),
-                  *(["min_seconds", "max_seconds"] if "min_seconds" in kwargs else [])]
-    wanted = {k: full.get(k) for k in controlled}
-    rendered = {k: rendered.get(k) for k in controlled} if rendered else {}
-    if rendered != wanted:
+                  *(k for k in ("sizes", "fps_choices", "min_seconds", "max_seconds") if k in kwargs)]
+    differ = sorted(k for k in controlled if rendered.get(k) != full.get(k))
+    if differ:
       if rendered and not rerender:
-        differ = sorted(k for k in set(rendered) | set(wanted) if rendered.get(k) != wanted.get(k))
         raise ValueError(f"config.data.root={data.root!r} holds a synthetic dataset rendered with other "
                          f"settings (differing: {', '.join(differ)}); pass another --config.data.root")
       shown = {k: v for k, v in kwargs.items() if k not in ("backgrounds", "max_distractors")}
