@@ -8,6 +8,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -395,6 +396,36 @@ def test_train_loader_and_zero_shot_cli(trained, tmp_path):
     assert set(p) == set(NOVEL) and abs(sum(p.values()) - 1.0) < 1e-5
   assert max(probs[0], key=probs[0].get) == "red then green"
   assert max(probs[1], key=probs[1].get) == "blue then yellow"
+
+
+def test_class_balanced_sampling_evens_out_a_long_tail(trained, monkeypatch):
+  """data.balance='class_balanced': each batch row picks a class uniformly, then a clip of it."""
+  import dataclasses
+  from t5video.recipes import vificlip as recipe
+  task0, _, _, _ = trained
+  records = task0.train_records()
+  head = records[0].label
+  skewed = [r for r in records if r.label == head]
+  skewed += [next(r for r in records if r.label == c) for c in task0.train_classes if c != head]
+  share = {}
+  for balance in ("", "class_balanced"):
+    config = ml_collections.ConfigDict(task0.config.to_dict())
+    config.data.balance = balance
+    task = recipe.ViFiCLIPTask(config)
+    monkeypatch.setattr(task, "train_records", lambda: skewed)
+    it = task.train_loader(seed=0, process_index=0, process_count=1, batch_size=8)
+    labels = np.concatenate([next(it)["label_id"] for _ in range(8)])
+    share[balance] = float(np.mean(labels == task.class_index[head]))
+  classes = len(task0.train_classes)
+  assert share[""] == pytest.approx(len([r for r in skewed if r.label == head]) / len(skewed), abs=0.1)
+  assert share["class_balanced"] < 1.0 / classes + 0.12 < share[""], (share, classes)
+  # A clip without a label cannot be sampled by class: one line that names the key.
+  config = ml_collections.ConfigDict(task0.config.to_dict())
+  config.data.balance = "class_balanced"
+  task = recipe.ViFiCLIPTask(config)
+  monkeypatch.setattr(task, "train_records", lambda: skewed + [dataclasses.replace(skewed[0], label="")])
+  with pytest.raises(ValueError, match="1 of the .* no label; pass --config.data.balance="):
+    task.train_loader(seed=0, process_index=0, process_count=1, batch_size=8)
 
 
 def test_k_shot_is_seeded_and_balanced():

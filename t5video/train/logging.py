@@ -141,8 +141,15 @@ class MetricsLogger:
 
 
 class Throughput:
-  """Steps/s, examples/s, achieved FLOP/s, MFU and the share of time spent waiting for input
-  over the last logging window (and the waiting over the whole run)."""
+  """Steps/s, examples/s, achieved FLOP/s, MFU and the input pipeline's share of the time over
+  the last logging window (and over the whole run).
+
+  Two input figures, because dispatch is asynchronous: the host asks for the next batch while
+  the device still runs the steps already queued. ``input_wait_fraction`` counts the time the
+  device had nothing left to run while the host waited for a batch (an upper bound: a wait
+  during which the last queued step finished counts whole); ``input_host_fraction`` counts all
+  the host's time in the input pipeline, most of it overlapped with compute.
+  """
 
   def __init__(self, *, global_batch: int, flops_per_step: float | None, num_devices: int,
                peak_per_device: float | None):
@@ -152,19 +159,24 @@ class Throughput:
     self.peak = peak_per_device
     self._t = time.perf_counter()
     self._step: int | None = None
-    self._wait = 0.0  # seconds spent waiting for input in the current window
-    # Over every measured window of the run: time waiting for input, and all time.
-    self.total_wait = 0.0
+    self._idle = 0.0  # seconds the device waited for input in the current window
+    self._host = 0.0  # seconds the host spent getting batches in the current window
+    # Over every measured window of the run.
+    self.total_idle = 0.0
+    self.total_host = 0.0
     self.total_time = 0.0
 
-  def add_data_wait(self, seconds: float) -> None:
-    """Counts time the loop spent blocked on the input pipeline."""
-    self._wait += seconds
+  def add_input_time(self, host_seconds: float, device_idle: bool) -> None:
+    """Counts ``host_seconds`` spent getting one batch; ``device_idle``: the device ran out of
+    queued steps before the batch was ready (the wait then counts as idle time too)."""
+    self._host += host_seconds
+    if device_idle:
+      self._idle += host_seconds
 
   def reset(self, step: int) -> None:
     self._t = time.perf_counter()
     self._step = step
-    self._wait = 0.0
+    self._idle = self._host = 0.0
 
   def measure(self, step: int) -> dict[str, float | None]:
     now = time.perf_counter()
@@ -172,8 +184,10 @@ class Throughput:
     if self._step is not None and step > self._step and now > self._t:
       sps = (step - self._step) / (now - self._t)
       out["steps_per_sec"] = sps
-      out["data_wait_fraction"] = self._wait / (now - self._t)
-      self.total_wait += self._wait
+      out["input_wait_fraction"] = self._idle / (now - self._t)
+      out["input_host_fraction"] = self._host / (now - self._t)
+      self.total_idle += self._idle
+      self.total_host += self._host
       self.total_time += now - self._t
       out["examples_per_sec"] = sps * self.global_batch
       if self.flops_per_step:
@@ -182,5 +196,6 @@ class Throughput:
         out["mfu"] = achieved / (self.peak * self.num_devices) if self.peak else None
       else:
         out["mfu"] = None
-    self._t, self._step, self._wait = now, step, 0.0
+    self._t, self._step = now, step
+    self._idle = self._host = 0.0
     return out

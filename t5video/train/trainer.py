@@ -554,11 +554,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       window_n = 0
       pending_save = False
       while step < t.num_steps:
+        # Dispatch is asynchronous: while the host gets the next batch, the device may still be
+        # running queued steps. It idles on input only if the last dispatched step is done.
+        queued = state["step"]
+        idle_before = queued.is_ready()
         waited = time.perf_counter()
         batch = engine.global_batch(next(data_iter))
         waited = time.perf_counter() - waited
         if throughput is not None:
-          throughput.add_data_wait(waited)
+          throughput.add_input_time(waited, idle_before or queued.is_ready())
         else:
           per_example = engine.task.flops_per_example()
           flops = (per_example * t.batch_size if per_example
@@ -620,11 +624,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           result.update(step=step, preempted=True)
           break
     if throughput is not None and throughput.total_time > 0:
-      result["data_wait_fraction"] = throughput.total_wait / throughput.total_time
+      result["input_wait_fraction"] = throughput.total_idle / throughput.total_time
+      result["input_host_fraction"] = throughput.total_host / throughput.total_time
       if is_main:
-        print(f"input pipeline: {100 * result['data_wait_fraction']:.1f}% of the training time "
-              f"was spent waiting for data ({throughput.total_wait:.1f} s of "
-              f"{throughput.total_time:.1f} s)", flush=True)
+        print(f"input pipeline: the device waited for data at most "
+              f"{100 * result['input_wait_fraction']:.1f}% of the training time "
+              f"({throughput.total_idle:.1f} s of {throughput.total_time:.1f} s); the host spent "
+              f"{100 * result['input_host_fraction']:.1f}% getting batches, overlapped with compute "
+              f"where the device had steps queued", flush=True)
   finally:
     ckpt.close()
     logger.close()

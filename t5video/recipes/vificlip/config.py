@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.k_shot_seed = 1
   c.data.train_fraction = 1.0       # a seeded subset of the training clips
   c.data.holdout_fold = ()          # (k, n): train without fold k of n (cross-fitting)
+  c.data.balance = ""               # '' (every clip equally often) | 'oversample' | 'class_balanced'
   c.data.num_frames = 8
   c.data.size = 224
   c.data.resize_short = 256

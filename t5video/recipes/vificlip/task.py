@@ -243,11 +243,19 @@ class ViFiCLIPTask(task_lib.Task):
     d = self.config.data
     cls, con = self._needs()
     transform = data_lib.ExampleTransform(self.class_index if cls else {}, self.tokenizer, self.text_len, seed, con)
+    records = self.train_records()
+    balance = d.get("balance", "") or None
+    if balance:
+      unlabelled = sum(1 for r in records if not r.label)
+      if unlabelled:
+        raise ValueError(f"config.data.balance={balance!r} samples by class, but {unlabelled} of the "
+                         f"{len(records)} training clips in {d.root} have no label; pass "
+                         "--config.data.balance= (every clip equally often)")
     it = pipeline.make_loader(
-        self.train_records(),
+        records,
         transform=pipeline.VideoDecodeTransform(self.sampling_spec(True), True, seed, decoder=self.frame_cache),
         batch_size=batch_size, seed=seed, shard_index=process_index, shard_count=process_count,
-        worker_count=int(d.worker_count), read_threads=int(d.read_threads),
+        worker_count=int(d.worker_count), read_threads=int(d.read_threads), balance=balance,
         extra_transforms=(*self.frame_transforms(), transform), max_failure_ratio=d.max_failure_ratio)
     return pipeline.KeyFilterIterator(it, list(self.batch_spec()))
 
