@@ -8,7 +8,8 @@ template and multi-view setting); chance is 50%. Classes held out of training
 (configs/vificlip/synthetic.py's NOVEL_CLASSES) are scored zero-shot like the others. The
 attributes are scored over every clip against prompts naming each value ("a video of a red
 object", "a video of a star", "a video of a large object"; chance 1/8, 1/8, 1/3; a clip
-whose key object changes colour counts its first colour)::
+whose key object changes colour counts its first colour; clips whose captions name no size
+are left out of size)::
 
   python benchmarks/vificlip_order_pairs.py --workdir runs/vifi_ordered_s0 \\
       --data data_cache/synthetic_vificlip
@@ -62,11 +63,13 @@ def main() -> int:
     out[f"{a} / {b}"] = {"accuracy": round(100.0 * right / len(idx), 1), "clips": len(idx)}
   values = {"colour": list(synthetic.COLOURS), "shape": list(synthetic.SHAPES), "size": list(synthetic.SIZES)}
   for attr, options in values.items():
-    truth = np.asarray([options.index(r["attributes"][attr]) for r in rows])
-    scores = task.predictor.class_scores(params, emb, options, ATTRIBUTE_TEMPLATES[attr])  # [N, options]
+    # Clips whose captions name no size have none recorded: they are left out of that attribute.
+    idx = np.asarray([i for i, r in enumerate(rows) if r["attributes"].get(attr) is not None])
+    truth = np.asarray([options.index(rows[i]["attributes"][attr]) for i in idx])
+    scores = task.predictor.class_scores(params, emb[idx], options, ATTRIBUTE_TEMPLATES[attr])  # [n, options]
     out[f"attribute {attr}"] = {"accuracy": round(100.0 * float((scores.argmax(1) == truth).mean()), 1),
-                                "clips": len(rows),
-                                "majority": round(100.0 * float(np.bincount(truth).max() / len(rows)), 1)}
+                                "clips": len(idx),
+                                "majority": round(100.0 * float(np.bincount(truth).max() / len(idx)), 1)}
   print(json.dumps(out, indent=1))
   if args.out:
     with open(args.out, "w") as f:
