@@ -22,18 +22,6 @@ import os
 import time
 
 
-def _as_config(d):
-  import ml_collections  # pylint: disable=g-import-not-at-top
-
-  def tuples(x):
-    if isinstance(x, list):
-      return tuple(tuples(v) for v in x)
-    if isinstance(x, dict):
-      return {k: tuples(v) for k, v in x.items()}
-    return x
-  return ml_collections.ConfigDict(tuples(d))
-
-
 def main() -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", required=True, help="a run whose config.json is benchmarked")
@@ -45,9 +33,10 @@ def main() -> int:
 
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from t5video import config as config_lib  # pylint: disable=g-import-not-at-top
   from t5video.train import trainer  # pylint: disable=g-import-not-at-top
 
-  config = _as_config(json.load(open(os.path.join(args.workdir, "config.json"))))
+  config = config_lib.load_run_config(args.workdir)
   engine = trainer.Engine.create(config)
   engine.task.workdir = args.workdir
   batch_size = config.train.batch_size // jax.process_count()

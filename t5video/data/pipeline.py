@@ -79,6 +79,17 @@ PIPELINE_KEYS = ("index", "epoch", "position", "valid", "failure", "path")
 BALANCE_MODES = (None, "oversample", "class_balanced")
 
 
+def check_labels_for_balance(records: Sequence[VideoRecord], balance: Optional[str], clips: str) -> None:
+  """``balance`` samples by class, so every record needs a label: one line naming the config key
+  otherwise (``clips`` says which, e.g. "'train' clips in /data/x"). Nothing to check without it."""
+  if not balance:
+    return
+  unlabelled = sum(1 for r in records if not r.label)
+  if unlabelled:
+    raise ValueError(f"config.data.balance={balance!r} samples by class, but {unlabelled} of the {len(records)} "
+                     f"{clips} have no label; pass --config.data.balance= (every clip equally often)")
+
+
 # ---------------------------------------------------------------------------
 # Source
 # ---------------------------------------------------------------------------

@@ -330,14 +330,9 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
   def check_balance(self, records=None) -> None:
     """``data.balance`` samples by class: every training clip needs a label (one line otherwise)."""
     d = self.config.data
-    if not d.balance:
-      return
-    records = self.records[d.train_split] if records is None else records
-    unlabelled = sum(1 for r in records if not r.label)
-    if unlabelled:
-      raise ValueError(f"config.data.balance={d.balance!r} samples by class, but {unlabelled} of the {len(records)} "
-                       f"{d.train_split!r} clips in {self.root} have no label; pass --config.data.balance= "
-                       "(every clip equally often)")
+    if d.balance:
+      records = self.records[d.train_split] if records is None else records
+      pipeline.check_labels_for_balance(records, d.balance, f"{d.train_split!r} clips in {self.root}")
 
   def train_loader(self, *, seed, process_index, process_count, batch_size):
     d = self.config.data

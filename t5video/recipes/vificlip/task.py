@@ -245,12 +245,7 @@ class ViFiCLIPTask(task_lib.Task):
     transform = data_lib.ExampleTransform(self.class_index if cls else {}, self.tokenizer, self.text_len, seed, con)
     records = self.train_records()
     balance = d.get("balance", "") or None
-    if balance:
-      unlabelled = sum(1 for r in records if not r.label)
-      if unlabelled:
-        raise ValueError(f"config.data.balance={balance!r} samples by class, but {unlabelled} of the "
-                         f"{len(records)} training clips in {d.root} have no label; pass "
-                         "--config.data.balance= (every clip equally often)")
+    pipeline.check_labels_for_balance(records, balance, f"training clips in {d.root}")
     it = pipeline.make_loader(
         records,
         transform=pipeline.VideoDecodeTransform(self.sampling_spec(True), True, seed, decoder=self.frame_cache),
