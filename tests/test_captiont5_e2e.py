@@ -347,6 +347,12 @@ def test_clip_stage_trains_on_the_same_fraction_of_clips(data_root, tmp_path):
   seen = [r.video_id for r in vificlip.ViFiCLIPTask(stage).train_records()]
   subset = captiont5.fraction_subset(task.records["train"], 0.5, config.seed)
   assert seen == [r.video_id for r in subset] and 0 < len(seen) < len(task.records["train"])
+  # The stage samples its clips as thoughts.clip_stage.balance says, not as data.balance.
+  assert stage.data.balance == ""
+  task.config.data.balance = "class_balanced"
+  assert task.clip_stage_config().data.balance == ""
+  task.config.thoughts.clip_stage.balance = "oversample"
+  assert task.clip_stage_config().data.balance == "oversample"
 
 
 def test_concept_vocabulary_file_or_caption_words(data_root, tmp_path):

@@ -169,6 +169,24 @@ def test_unlabelled_videos_of_ones_own_and_the_real_data_config(root, tmp_path, 
   assert resolved.stages[0]["overrides"]["model"]["clip_init"] == str(standins / "clip")
   assert resolved.stages[0]["overrides"]["model"]["t5_init"] == str(standins / "t5")
 
+  # The synthetic default's teacher sees through its own video-text CLIP stage (the demo's design): the
+  # stand-in T5 through the HF path, no HF CLIP (its tower and video token come from the stage, which
+  # starts from the stand-in CLIP); the first teacher stage trains that CLIP stage, the second reads it.
+  for order, first in (("vl", "teacher_visual"), ("lv", "teacher_language")):
+    seeing = _config(root, f"pseudo,order={order}")
+    seeing.standins.dir = str(standins)
+    seeing.model.tokenizer = "/not/used.model"
+    resolved = task_lib.DistillTask.prepare(seeing, str(tmp_path / f"seeing_{order}"))
+    one, two = (stages.stage_config(s) for s in resolved.stages[:2])
+    assert resolved.stages[0]["name"] == first
+    for c in (one, two):
+      assert c.model.t5_init == str(standins / "t5") and not c.model.clip_init
+      assert c.thoughts.clip_stage.init_vision and c.model.video_token == "ordered"
+    assert not one.thoughts.clip_workdir
+    assert two.thoughts.clip_workdir == str(tmp_path / f"seeing_{order}" / first / "vificlip")
+    visual = one if order == "vl" else two
+    assert "video_token_projection" in visual.optim.trainable  # the bridge trains in visual adaptation
+
   real = config_lib.load_config_file(os.path.join(ROOT, "configs", "distill", "msrvtt.py"))
   with real.unlocked():
     real.student.data_dir, real.data.root = str(tmp_path / "d"), str(tmp_path)

@@ -1,8 +1,8 @@
 r"""Distilling CaptionT5 into a video-text dual encoder on the rendered synthetic world (CPU).
 
 The pipeline of arXiv 2401.06129 (t5video.recipes.distill) on 1500 rendered clips (plain
-backgrounds, no distractors, every class equally likely): 10% of the training clips keep their
-captions (the small labelled set), the other 90% are the unlabelled set; every clip has a noisy
+backgrounds, no distractors, every class equally likely): 25% of the training clips keep their
+captions (the small labelled set), the other 75% are the unlabelled set; every clip has a noisy
 alt-text (a still description: colour and shape, each right 70% of the time, never the action).
 The stages, each in its own sub-workdir, resumed at the first unfinished one:
 
@@ -15,8 +15,10 @@ The stages, each in its own sub-workdir, resumed at the first unfinished one:
 0. the project's stand-ins for a pretrained CLIP and T5 (t5video standins, docs/standins.md) are
    built into data_cache/standins on first use (a few minutes, cached), the starting point of both
    models through the Hugging Face directory path, as a real checkpoint would be;
-1. ``teacher_visual`` then ``teacher_language``: CaptionT5 (configs/captiont5/synthetic.py:noclip
-   with the stand-in CLIP and T5) adapted in the paper's V->L order on the labelled clips: visual
+1. ``teacher_visual`` then ``teacher_language``: CaptionT5 (configs/captiont5/synthetic.py:vifi_standins,
+   ordered_clip: the demo's design, its vision tower and video token from a ViFi-CLIP stage on the
+   labelled clips started from the stand-in image CLIP, trained inside the first teacher stage and
+   frozen; the stand-in T5) adapted in the paper's V->L order on the labelled clips: visual
    adaptation (T5 frozen) on captions, then language adaptation (vision frozen) on captions and video
    QA about the rendered events (t5video.data.qa); ``order=lv`` reverses it, ``order=joint`` is one stage;
 2. ``pseudo_label``: 4 nucleus-sampled captions (top-p 0.9) per unlabelled clip;
@@ -27,7 +29,9 @@ The stages, each in its own sub-workdir, resumed at the first unfinished one:
 
 Variants (comma-separated): ``pseudo`` (the default: pseudo-captions only), ``labelled_only``
 (the labelled captions only), ``alt_text`` (every training clip's alt-text), ``mixed`` (pseudo-captions
-and the labelled captions), ``order=vl|lv|joint``, ``seed=N``, ``textonly``, ``scratch`` (no
+and the labelled captions), ``order=vl|lv|joint``, ``seed=N``, ``teacher_clip=DIR`` (the teacher's video-text CLIP stage taken
+from a finished ViFi-CLIP workdir, e.g. ``runs/distill_pseudo/teacher_visual/vificlip``, so that two
+teacher orders share it), ``textonly``, ``scratch`` (no
 stand-ins: both models from scratch, the 2-layer 64-wide student below, one joint teacher stage),
 ``tiny`` (a smoke test from scratch: everything shrunk, a couple of minutes).
 
@@ -36,6 +40,8 @@ pseudo-labels a few clips per second, the student several minutes. Nothing is do
 """
 
 from __future__ import annotations
+
+import os
 
 import ml_collections
 
@@ -48,10 +54,10 @@ VARIANTS = {"pseudo": ("pseudo",), "labelled_only": ("labelled",), "alt_text": (
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = dict(a.split("=", 1) if "=" in a else (a, "") for a in (arg or "pseudo").split(",") if a)
   variants = [a for a in args if a in VARIANTS]
-  unknown = set(args) - set(VARIANTS) - {"tiny", "textonly", "order", "seed", "scratch"}
+  unknown = set(args) - set(VARIANTS) - {"tiny", "textonly", "order", "seed", "scratch", "teacher_clip"}
   if len(variants) > 1 or unknown:
     raise ValueError(f"configs/distill/synthetic.py: arg is one of {sorted(VARIANTS)} with optional "
-                     f"tiny, scratch, textonly, order=vl|lv|joint, seed=N; got {arg!r}")
+                     f"tiny, scratch, textonly, order=vl|lv|joint, seed=N, teacher_clip=DIR; got {arg!r}")
   tiny = "tiny" in args
   scratch = tiny or "scratch" in args  # else both models start from the stand-ins
 
@@ -103,9 +109,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.controls = ("other_frames", "text_only") if "textonly" in args else ("other_frames",)
 
   c.student.sources = VARIANTS[variants[0] if variants else "pseudo"]
-  c.student.labelled_fraction = 0.25 if tiny else 0.1
+  # A quarter of the training clips labelled (about 260 of 1050, some 16 a class for the teacher's
+  # CLIP stage; a tenth until 2026-11-30); the other 790 are the unlabelled set.
+  c.student.labelled_fraction = 0.25
 
-  c.teacher.config = "configs/captiont5/synthetic.py:noclip"
+  # The teacher from the stand-ins sees through the demo's design: a video-text CLIP stage (ViFi-CLIP
+  # with the ordered read-out, from the stand-in image CLIP) on the labelled clips gives it a frozen
+  # vision tower and video token, its T5 is the stand-in's. From scratch: no CLIP stage.
+  c.teacher.config = ("configs/captiont5/synthetic.py:noclip" if scratch
+                      else "configs/captiont5/synthetic.py:vifi_standins,ordered_clip")
   # V->L (the paper's order) adapts a pretrained captioner: from the stand-ins; from scratch one stage.
   c.teacher.order = args.get("order") or ("joint" if scratch else "vl")
   if not scratch:
@@ -119,6 +131,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       text=dict(max_input_len=128),  # a QA prompt with its options before the thoughts (the demo's 64 is too few)
       eval=dict(refine=False, max_examples=0, controls=("other_frames",), meteor="false"),
       train=dict(batch_size=16, checkpoint_every=0, log_every=50))
+
+  if args.get("teacher_clip"):  # a finished video-text CLIP stage (another order's) instead of a new one
+    c.teacher.overrides.thoughts.clip_workdir = os.path.abspath(args["teacher_clip"])
 
   c.pseudo.num_captions = 4
   c.pseudo.top_p = 0.9

@@ -89,7 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
       # the folds' mean similarity.
       # init_vision: CaptionT5's vision tower starts from the stage's CLIP (fold 0 when
       # cross-fitted), its sizes taken from the stage config: the stand-in for a pretrained CLIP.
-      clip_stage=dict(config="", num_steps=2000, folds=1, init_vision=False),
+      # balance: how the stage samples its training clips ('' every clip equally often, 'oversample',
+      # 'class_balanced'); not data.balance, which is CaptionT5's own (on the demo, a class-balanced
+      # stage 0 lost on action and left/right: docs/results.md).
+      clip_stage=dict(config="", num_steps=2000, folds=1, init_vision=False, balance=""),
       concepts_file="",             # default: <data.root>/concepts.txt, else caption words
       # Where the 'draft' thought comes from in training (t5video.recipes.captiont5.drafts):
       # 'model': an earlier checkpoint of this recipe, trained num_steps without drafts (stages

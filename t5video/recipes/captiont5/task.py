@@ -238,7 +238,8 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
             "layout_kwargs": ({"annotation_path": os.path.join(self.root, d.annotations), "video_root": self.root}
                               if d.layout in ("synthetic", "generic") and d.annotations else {}),
             "train_split": d.train_split, "novel_classes": (), "classes": (),
-            "train_fraction": float(d.train_fraction)}  # the same seeded subset of training clips
+            "train_fraction": float(d.train_fraction),  # the same seeded subset of training clips
+            "balance": st.get("balance", "")}
     if base.data.get("synthetic"):
       data["synthetic"] = {"num_videos": 0}  # the data is here already
     if fold is not None:

@@ -32,7 +32,7 @@ SOURCES = ("pseudo", "labelled", "alt_text")
 ORDERS = ("vl", "lv", "joint")
 
 # Params of each adaptation stage of a CaptionT5 teacher (regexes over '/'-joined names).
-VISUAL_PARAMS = r"^(clip|temporal|visual_projection|visual_norm)/"
+VISUAL_PARAMS = r"^(clip|temporal|visual_projection|visual_norm|video_token_projection|video_token_norm)/"
 LANGUAGE_PARAMS = r"^t5/"
 
 OPEN_SECTIONS = vificlip_config.OPEN_SECTIONS + ("teacher.overrides", "teacher.visual_overrides",

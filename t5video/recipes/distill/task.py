@@ -66,6 +66,11 @@ def teacher_stages(config: ml_collections.ConfigDict, workdir: str) -> list[dict
     plan = [("joint", "", int(t.visual_steps) + int(t.language_steps), language_tasks, language)]
   else:
     plan = [halves[h] for h in t.order]
+  # A teacher config with a video-text CLIP stage (CaptionT5's thoughts.clip_stage: the vision tower
+  # and video token from ViFi-CLIP on the labelled clips) trains that stage inside its first stage;
+  # the later stages read the same one.
+  base = stage_config_of(t.config, vificlip_config.as_dict(t.overrides))
+  shared_clip = bool(base.thoughts.clip_stage.config) and not base.thoughts.clip_workdir
   out, previous = [], ""
   for name, trainable, steps, tasks, own in plan:
     overrides = _deep_merge(common, vificlip_config.as_dict(t.overrides))
@@ -77,10 +82,28 @@ def teacher_stages(config: ml_collections.ConfigDict, workdir: str) -> list[dict
       # Every param from the previous stage (HF weights, when the config names them, load first
       # and give the sizes and the tokenizer; the checkpoint then replaces them).
       overrides = _deep_merge(overrides, {"init_from": {"path": previous, "regex": ".*"}})
+      if shared_clip:
+        overrides = _deep_merge(overrides, {"thoughts": {"clip_workdir": os.path.join(previous, "vificlip")}})
     stage_dir = f"{TEACHER_DIR}_{name}"
     out.append({"name": stage_dir, "config": t.config, "workdir": stage_dir, "overrides": overrides})
     previous = os.path.join(workdir, stage_dir)
   return out
+
+
+def stage_config_of(config_file: str, overrides: dict) -> ml_collections.ConfigDict:
+  """``config_file`` with ``overrides`` applied, CaptionT5's defaults filled in."""
+  from t5video.recipes.captiont5 import config as captiont5_config  # pylint: disable=g-import-not-at-top
+  from t5video.train import stages  # pylint: disable=g-import-not-at-top
+  c = stages.stage_config({"config": config_file, "overrides": overrides})
+  config_lib.fill_defaults(c, captiont5_config.base_config())
+  return c
+
+
+def teacher_sees_through_clip_stage(t: ml_collections.ConfigDict) -> bool:
+  """Whether the teacher's vision tower comes from its own video-text CLIP stage
+  (``thoughts.clip_stage.init_vision``), not from an HF CLIP directory."""
+  c = stage_config_of(t.config, vificlip_config.as_dict(t.overrides))
+  return bool(c.thoughts.clip_stage.config and c.thoughts.clip_stage.init_vision and not c.model.clip_init)
 
 
 def _deep_merge(a: dict, b: dict) -> dict:
@@ -159,9 +182,11 @@ class DistillTask(ViFiCLIPTask):
         config.standins.dir = standins_dir
         s.clip_init = s.clip_init or os.path.join(standins_dir, "clip")
         model = vificlip_config.as_dict(vificlip_config.as_dict(t.overrides).get("model"))
-        t.overrides = _deep_merge(vificlip_config.as_dict(t.overrides), {"model": {
-            "clip_init": model.get("clip_init") or os.path.join(standins_dir, "clip"),
-            "t5_init": model.get("t5_init") or os.path.join(standins_dir, "t5")}})
+        inits = {"t5_init": model.get("t5_init") or os.path.join(standins_dir, "t5")}
+        if t.config and not teacher_sees_through_clip_stage(t):
+          # (a teacher whose tower comes from its CLIP stage reaches the stand-in CLIP through it)
+          inits["clip_init"] = model.get("clip_init") or os.path.join(standins_dir, "clip")
+        t.overrides = _deep_merge(vificlip_config.as_dict(t.overrides), {"model": inits})
       if s.clip_init:
         student_from_hf(config, os.path.abspath(s.clip_init))
       if not config.model.tokenizer:
