@@ -101,6 +101,7 @@ def test_division_alt_text_and_stage_list(root, prepared):
   assert [s["name"] for s in vl.stages] == ["teacher_visual", "teacher_language", "pseudo_label",
                                             "control_text_only"]
   v, l = vl.stages[0]["overrides"], vl.stages[1]["overrides"]
+  assert v["eval"]["qa"] == l["eval"]["qa"] == "true"  # the teacher is measured on QA after either stage
   assert v["optim"]["trainable"].startswith("^(clip|") and l["optim"]["trainable"] == "^t5/"
   # Captions alone in visual adaptation; video QA joins them in language adaptation.
   assert v["tasks"] == {"caption": 1.0, "classify": 0.0, "tags": 0.0, "qa": 0.0}
@@ -254,6 +255,21 @@ def test_video_qa_pairs_and_the_teachers_qa_task(prepared, teacher):
       f"qa_accuracy_{p['type']}" for r in records for p in r.extra["qa"]}
   base = task.baselines(records)
   assert 0.0 <= base["baseline_prior_qa_accuracy"] <= 1.0
+  # eval.qa: 'auto' answers them when the teacher trains on QA, 'true' always, 'false' never.
+  from t5video.recipes.captiont5 import config as captiont5_config
+  saved = (task.config.tasks.qa, task.config.eval.qa)
+  try:
+    with task.config.unlocked():
+      for tasks_qa, flag, answered in ((0.0, "auto", False), (0.0, "true", True), (0.5, "false", False)):
+        task.config.tasks.qa, task.config.eval.qa = tasks_qa, flag
+        assert captiont5_config.evaluates_qa(task.config) == answered
+        assert ("qa_accuracy" in task.run_eval(params, records[:1])[0]) == answered
+      task.config.eval.qa = "sometimes"
+      with pytest.raises(ValueError, match="eval.qa"):
+        captiont5_config.evaluates_qa(task.config)
+  finally:
+    with task.config.unlocked():
+      task.config.tasks.qa, task.config.eval.qa = saved
 
 
 def test_per_row_sampling_keys_do_not_depend_on_the_batch():
@@ -378,6 +394,22 @@ def test_pseudo_labels_resume_to_the_same_captions_and_load_as_a_dataset(prepare
                                 "captions": k * len(unlabelled)}
   assert manifest["throughput"]["clips_per_s"] > 0
   assert json.load(open(os.path.join(straight, stages.DONE)))["eval"]["pseudo_clips"] == len(unlabelled)
+
+  # What the pseudo-captions say, scored against the generator's truth of the same clips: the
+  # untrained teacher's are mostly wrong; the clips' own reference captions are right.
+  from t5video.recipes.distill import evaluate as evaluate_lib
+  noise = evaluate_lib.pseudo_attribute_accuracy(straight, config.data.root)
+  assert 0 <= noise["pseudo_attribute_colour_accuracy"] < 0.5 and "pseudo_attribute_action_accuracy" in noise
+  truth = {r.video_id: r for r in layouts.read_generic(os.path.join(config.data.root, "annotations.jsonl"))}
+  own = tmp_path / "own"
+  own.mkdir()
+  with open(own / "annotations.jsonl", "w") as f:
+    for r in records:
+      f.write(json.dumps({"video_id": r.video_id, "path": r.path, "split": "train",
+                          "captions": truth[r.video_id].captions[:2]}) + "\n")
+  right = evaluate_lib.pseudo_attribute_accuracy(str(own), config.data.root)
+  assert right["pseudo_attribute_colour_accuracy"] == right["pseudo_attribute_action_accuracy"] == 1.0
+  assert evaluate_lib.pseudo_attribute_accuracy(str(own), str(tmp_path)) == {}  # no truth: nothing
 
   # Two hosts (simulated one after the other, barriers off): each labels its chunks, host 0 merges
   # them into the same dataset.

@@ -132,6 +132,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.update(learning_rate=1e-4, warmup_steps=500, weight_decay=0.01)
   c.eval = dict(max_examples=0, batch_size=32, beam_size=1, length_penalty=0.6, refine=False,
                 meteor="auto",                # 'auto' (if Java is present) | 'true' | 'false'
+                qa="auto",                    # video QA accuracy: 'auto' (when tasks.qa > 0) | 'true' (on
+                                              # every clip with QA pairs, trained on them or not) | 'false'
                 tail_fraction=0.3,
                 # Controls in the same run (t5video.evaluate.controls): 'other_frames' (the model fed
                 # another clip's frames; one more evaluation pass), 'text_only' (the same recipe
@@ -163,6 +165,14 @@ def meteor_flag(value) -> bool | str:
 
 
 
+def evaluates_qa(config: ml_collections.ConfigDict) -> bool:
+  """Whether evaluation answers the clips' QA pairs (``eval.qa``, see :func:`base_config`)."""
+  v = str(config.eval.get("qa", "auto")).strip().lower()
+  if v not in ("auto", "true", "false"):
+    raise ValueError(f"eval.qa must be 'auto', 'true' or 'false', got {config.eval.qa!r}")
+  return v == "true" or (v == "auto" and bool(config.tasks.get("qa", 0.0)))
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Value checks beyond the schema's types."""
   rr = config.eval.rerank
@@ -170,6 +180,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"eval.rerank: source must be 'beam' or 'sample' and candidates >= 0, got "
                      f"source={rr.source!r}, candidates={rr.candidates}")
   meteor_flag(config.eval.meteor)
+  evaluates_qa(config)
   controls_lib.check(config.eval.controls)
   dr = config.thoughts.drafts
   if dr.source not in DRAFT_SOURCES or dr.num_steps < 1:

@@ -100,7 +100,7 @@ class EvalMixin:
     ev = self.config.eval
     truth = {r.video_id: r.extra.get("attributes") for r in records}
     qa = ({r.video_id: r.extra["qa"] for r in records if r.extra.get("qa")}
-          if self.config.tasks.get("qa", 0.0) else {})
+          if cfg.evaluates_qa(self.config) else {})
     rows: list[dict] = []
     if not records:  # a process with no share (fewer clips than processes)
       return rows
@@ -204,7 +204,7 @@ class EvalMixin:
       if truths:
         m.update(attributes.attribute_accuracy([top] * len(truths), truths, attributes.synthetic_vocabulary()))
       out.update({f"baseline_caption_{k}": v for k, v in m.items()})
-    if self.config.tasks.get("qa", 0.0):
+    if cfg.evaluates_qa(self.config):
       out.update(self.qa_baseline(records))
     lab = np.asarray([self.class_names.index(r.label) for r in records if r.label])
     if lab.size and self.train_class_counts:

@@ -17,7 +17,10 @@ another clip's frames (``control_other_frames_*``, retrieval) and, with
 pixels (``control_text_only_*``). Where the run trained its teacher and
 pseudo-labels here, their figures come along: ``teacher_*`` (the teacher's
 caption metrics on the same split, from its stage's ``final_metrics.json``) and
-``pseudo_*`` (clips labelled, clips/s).
+``pseudo_*`` (clips labelled, clips/s). Where the data root's annotations carry the
+synthetic generator's truth for the pseudo-labelled clips, ``pseudo_attribute_<name>_accuracy``
+scores every sampled caption against it (:mod:`t5video.evaluate.attributes`, fractions):
+what the student is taught, measured on the clips it is taught on.
 """
 
 from __future__ import annotations
@@ -66,7 +69,30 @@ def run(task, params, workdir: Optional[str] = None) -> dict[str, float]:
     out["pseudo_clips"] = float(manifest["counts"]["labelled"])
     out["pseudo_captions_per_clip"] = float(manifest["sampling"]["num_captions"])
     out["pseudo_clips_per_s"] = float(manifest["throughput"]["clips_per_s"])
+    out.update(pseudo_attribute_accuracy(p.dir, task.config.data.root))
   return out
+
+
+def pseudo_attribute_accuracy(pseudo_dir: str, data_root: str) -> dict[str, float]:
+  """``pseudo_attribute_<name>_accuracy`` of every caption in ``pseudo_dir`` against the truth the
+  records of ``<data_root>/annotations.jsonl`` carry (the synthetic world's ``attributes``); ``{}``
+  where there is none (a user's own videos)."""
+  from t5video.data import layouts  # pylint: disable=g-import-not-at-top
+  from t5video.evaluate import attributes  # pylint: disable=g-import-not-at-top
+  from t5video.recipes.distill import data as data_lib  # pylint: disable=g-import-not-at-top
+  source = os.path.join(data_root, "annotations.jsonl") if data_root else ""
+  if not (source and os.path.isfile(source) and paths.exists(os.path.join(pseudo_dir, data_lib.PSEUDO))):
+    return {}
+  truth = {r.video_id: r.extra.get("attributes") for r in layouts.read_generic(source)}
+  captions, truths = [], []
+  for r in data_lib.read(os.path.join(pseudo_dir, data_lib.PSEUDO), None):
+    if truth.get(r.video_id):
+      captions += list(r.captions)
+      truths += [truth[r.video_id]] * len(r.captions)
+  if not captions:
+    return {}
+  scored = attributes.attribute_accuracy(captions, truths, attributes.synthetic_vocabulary())
+  return {f"pseudo_{k}": v for k, v in scored.items()}
 
 
 _COLUMNS = (("t2v R@1", "t2v_R@1"), ("t2v R@5", "t2v_R@5"), ("t2v R@10", "t2v_R@10"), ("t2v MdR", "t2v_MedianR"),

@@ -52,6 +52,10 @@ def teacher_stages(config: ml_collections.ConfigDict, workdir: str) -> list[dict
           "annotations": os.path.join(config.student.data_dir, data_lib.LABELLED),
           "train_split": "train", "eval_split": config.eval.split}
   common = {"seed": int(config.seed), "data": data, "stages": ()}
+  if float(t.qa_weight):
+    # every stage answers the QA pairs in its evaluation, the one that trains captions alone too, so
+    # that the teacher is measured on QA whichever order ends it
+    common["eval"] = {"qa": "true"}
   # Captions alone in visual adaptation (the paper's alt-text stage); the teacher config's tasks
   # with video QA (teacher.qa_weight) in language adaptation, the instruction-data stage.
   base_tasks = dict(config_lib.load_config_file(t.config).tasks.to_dict())
