@@ -119,7 +119,7 @@ def get_config(arg=None):
   # and video token come from it, frozen (trained on, they collapsed to the prior:
   # docs/results.md), and it re-ranks the beam's candidate captions. Arg ``concepts`` adds its top
   # concepts as a thought, cross-fitted in two folds.
-  c.thoughts.clip_stage = dict(config="configs/vificlip/synthetic.py:ordered,standins", num_steps=1200,
+  c.thoughts.clip_stage.update(config="configs/vificlip/synthetic.py:ordered,standins", num_steps=1200,
                                folds=1, init_vision=True)
   c.model.video_token = "ordered"  # 'mean' after a mean stage (set at the end)
   c.optim.freeze = FROZEN_ENCODER
@@ -143,7 +143,7 @@ def get_config(arg=None):
     c.train.checkpoint_every = 15
     c.optim.warmup_steps = 5
     c.eval.max_examples = 16
-    c.thoughts.clip_stage = dict(config="configs/vificlip/synthetic.py:mean,tiny", num_steps=30, folds=1,
+    c.thoughts.clip_stage.update(config="configs/vificlip/synthetic.py:mean,tiny", num_steps=30, folds=1,
                                  init_vision=False)  # the tiny stage's tower is smaller than model.clip
   if "no_videotoken" in args:
     c.model.video_token = ""
