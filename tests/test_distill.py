@@ -187,6 +187,10 @@ def test_unlabelled_videos_of_ones_own_and_the_real_data_config(root, tmp_path, 
     assert two.thoughts.clip_workdir == str(tmp_path / f"seeing_{order}" / first / "vificlip")
     visual = one if order == "vl" else two
     assert "video_token_projection" in visual.optim.trainable  # the bridge trains in visual adaptation
+  folded = _config(root, "pseudo")
+  folded.teacher.config += ",concepts"  # a cross-fitted CLIP stage: each teacher stage trains its own
+  assert not any(s["overrides"]["thoughts"].get("clip_workdir")
+                 for s in task_lib.teacher_stages(folded, str(tmp_path / "folded")))
 
   real = config_lib.load_config_file(os.path.join(ROOT, "configs", "distill", "msrvtt.py"))
   with real.unlocked():

@@ -72,9 +72,9 @@ def teacher_stages(config: ml_collections.ConfigDict, workdir: str) -> list[dict
     plan = [halves[h] for h in t.order]
   # A teacher config with a video-text CLIP stage (CaptionT5's thoughts.clip_stage: the vision tower
   # and video token from ViFi-CLIP on the labelled clips) trains that stage inside its first stage;
-  # the later stages read the same one.
-  base = stage_config_of(t.config, vificlip_config.as_dict(t.overrides))
-  shared_clip = bool(base.thoughts.clip_stage.config) and not base.thoughts.clip_workdir
+  # the later stages read the same one (cross-fitted folds: each stage trains its own, as one run would).
+  clip = stage_config_of(t.config, vificlip_config.as_dict(t.overrides)).thoughts
+  shared_clip = bool(clip.clip_stage.config) and not clip.clip_workdir and int(clip.clip_stage.folds) == 1
   out, previous = [], ""
   for name, trainable, steps, tasks, own in plan:
     overrides = _deep_merge(common, vificlip_config.as_dict(t.overrides))
