@@ -41,6 +41,10 @@ from t5video.train import paths
 
 TASK_IDS = {"caption": 0, "classify": 1, "tags": 2, "qa": 3}
 
+# Where a run trains its video-text CLIP stage: <workdir>/vificlip (<workdir>/vificlip_fold<k> when
+# cross-fitted), unless thoughts.clip_workdir names a finished one.
+CLIP_STAGE_DIR = "vificlip"
+
 # Words never used as concepts when the vocabulary comes from the captions.
 FUNCTION_WORDS = frozenset("""
 a an the and or but of to in on at by for with from into onto over under as is are was were be
@@ -352,8 +356,8 @@ class DataMixin:
       return []
     folds = int(tc.clip_stage.get("folds", 1))
     if folds > 1:
-      return [os.path.join(self.workdir, f"vificlip_fold{k}") for k in range(folds)]
-    return [os.path.join(self.workdir, "vificlip")]
+      return [os.path.join(self.workdir, f"{CLIP_STAGE_DIR}_fold{k}") for k in range(folds)]
+    return [os.path.join(self.workdir, CLIP_STAGE_DIR)]
 
   def clip_scorers(self, purpose: str) -> list:
     """The video-text CLIPs (restored ViFi-CLIP runs) for concepts and caption ranking."""

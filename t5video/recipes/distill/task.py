@@ -29,6 +29,7 @@ import ml_collections
 
 from t5video import config as config_lib
 from t5video.data.records import VideoRecord
+from t5video.recipes.captiont5 import data as captiont5_data
 from t5video.recipes.distill import config as cfg
 from t5video.recipes.distill import data as data_lib
 from t5video.recipes.vificlip import config as vificlip_config
@@ -87,7 +88,8 @@ def teacher_stages(config: ml_collections.ConfigDict, workdir: str) -> list[dict
       # and give the sizes and the tokenizer; the checkpoint then replaces them).
       overrides = _deep_merge(overrides, {"init_from": {"path": previous, "regex": ".*"}})
       if shared_clip:
-        overrides = _deep_merge(overrides, {"thoughts": {"clip_workdir": os.path.join(previous, "vificlip")}})
+        overrides = _deep_merge(overrides, {"thoughts": {
+            "clip_workdir": os.path.join(previous, captiont5_data.CLIP_STAGE_DIR)}})
     stage_dir = f"{TEACHER_DIR}_{name}"
     out.append({"name": stage_dir, "config": t.config, "workdir": stage_dir, "overrides": overrides})
     previous = os.path.join(workdir, stage_dir)
