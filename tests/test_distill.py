@@ -257,8 +257,15 @@ def test_video_qa_pairs_and_the_teachers_qa_task(prepared, teacher):
   assert 0.0 <= metrics["qa_accuracy"] <= 1.0
   assert {k for k in metrics if k.startswith("qa_accuracy_")} == {
       f"qa_accuracy_{p['type']}" for r in records for p in r.extra["qa"]}
+  # Open-ended answers are also scored by WUPS (at least as lenient as exact match at 0.0).
+  from t5video.evaluate import wups
+  open_rows = [q for r in rows for q in r["qa"] if q["open"]]
+  assert open_rows and metrics["qa_wups@0.0"] == pytest.approx(
+      np.mean([wups.wups(q["predicted"], q["answer"], 0.0) for q in open_rows]))
+  assert metrics["qa_wups@0.0"] >= metrics["qa_wups@0.9"] >= np.mean([q["correct"] for q in open_rows]) - 1e-9
   base = task.baselines(records)
   assert 0.0 <= base["baseline_prior_qa_accuracy"] <= 1.0
+  assert 0.0 <= base["baseline_prior_qa_wups@0.0"] <= 1.0
   # eval.qa: 'auto' answers them when the teacher trains on QA, 'true' always, 'false' never.
   from t5video.recipes.captiont5 import config as captiont5_config
   saved = (task.config.tasks.qa, task.config.eval.qa)

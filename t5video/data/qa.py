@@ -16,9 +16,10 @@ The task is text to text (CaptionT5's ``qa`` task): the encoder reads
 ``question: <question> options: <a> | <b> | ...`` and then the clip's thoughts;
 the decoder writes the answer. A prediction is right when it equals the answer
 after :func:`normalize` (lower case, no articles or punctuation); a
-multiple-choice answer must equal the right option. WUPS (the Wu-Palmer soft
-accuracy that NExT-QA reports for open-ended answers) needs WordNet, which is
-not installed here; only exact-match accuracy is computed.
+multiple-choice answer must equal the right option. Open-ended answers (no
+``choices``) are also scored by WUPS at thresholds 0.0 and 0.9, the Wu-Palmer
+soft accuracy NExT-QA reports for them (:mod:`t5video.evaluate.wups`):
+``qa_wups@0.0`` and ``qa_wups@0.9``.
 
 Synthetic questions (:func:`synthetic_pairs`) come from the generator's truth
 (the rows' ``attributes``: the key object's shape, colour, size and its actions
@@ -76,7 +77,9 @@ def is_correct(predicted: str, pair: dict) -> bool:
 
 
 def accuracy(rows: Sequence[dict], prefix: str = "qa_") -> dict[str, float]:
-  """``{qa_accuracy, qa_accuracy_<type>..., qa_count}`` (fractions) of rows ``{type, correct}``."""
+  """``{qa_accuracy, qa_accuracy_<type>..., qa_count}`` (fractions) of rows ``{type, correct}``,
+  and ``qa_wups@0.0``, ``qa_wups@0.9`` over the rows that are open-ended (``open`` true) and
+  carry ``predicted`` and ``answer`` (where WordNet is installed; :mod:`t5video.evaluate.wups`)."""
   if not rows:
     return {}
   out = {f"{prefix}accuracy": float(np.mean([r["correct"] for r in rows])),
@@ -84,6 +87,10 @@ def accuracy(rows: Sequence[dict], prefix: str = "qa_") -> dict[str, float]:
   for t in sorted({r.get("type") or "" for r in rows} - {""}):
     sel = [r["correct"] for r in rows if r.get("type") == t]
     out[f"{prefix}accuracy_{t}"] = float(np.mean(sel))
+  open_ended = [(r["predicted"], r["answer"]) for r in rows if r.get("open") and "predicted" in r and "answer" in r]
+  if open_ended:
+    from t5video.evaluate import wups  # pylint: disable=g-import-not-at-top
+    out.update(wups.maybe_mean_wups(open_ended, prefix))
   return out
 
 

@@ -118,7 +118,8 @@ class EvalMixin:
         row = {"video_id": vid, "path": batch["path"][i]}
         if pairs[i]:
           row["qa"] = [{"question": p["question"], "answer": p["answer"], "predicted": a,
-                        "type": p.get("type", ""), "correct": qa_lib.is_correct(a, p)}
+                        "type": p.get("type", ""), "correct": qa_lib.is_correct(a, p),
+                        "open": not p.get("choices")}
                        for p, a in zip(pairs[i], answers[i])]
         if "caption" in pred and batch["captions"][i]:
           row.update(caption=pred["caption"][i], draft=pred["draft"][i],
@@ -232,7 +233,8 @@ class EvalMixin:
           guess = max(p["choices"], key=lambda c: (prior.get(qa_lib.normalize(c), 0), -p["choices"].index(c)))
         else:
           guess = prior.most_common(1)[0][0] if prior else ""
-        rows.append({"type": p.get("type", ""), "correct": qa_lib.is_correct(guess, p)})
+        rows.append({"type": p.get("type", ""), "correct": qa_lib.is_correct(guess, p), "predicted": guess,
+                     "answer": p["answer"], "open": not p.get("choices")})
     return {k: v for k, v in qa_lib.accuracy(rows, prefix="baseline_prior_qa_").items() if not k.endswith("count")}
 
   def controls(self, params, records: Sequence[VideoRecord], rows: Sequence[dict],
@@ -343,9 +345,11 @@ def format_table(m: dict[str, float], step: int, split: str) -> str:
     lines += table([(n.replace("_", "/"), f"attribute_{n}_accuracy") for n in names])
   qa_keys = sorted(k for k in m if k.startswith("qa_accuracy"))
   if qa_keys:
+    wups_keys = [(k[len("qa_"):].replace("wups@0.", "WUPS@."), k) for k in sorted(m) if k.startswith("qa_wups@")]
     lines.append(f"video question answering: exact-match accuracy ({int(m.get('qa_count', 0))} questions; "
-                 "the prior answers each type's most frequent training answer)")
-    lines += table([(k[len("qa_accuracy_"):][:7] or "all", k) for k in qa_keys])
+                 "the prior answers each type's most frequent training answer)"
+                 + ("; WUPS over the open-ended ones" if wups_keys else ""))
+    lines += table([(k[len("qa_accuracy_"):][:7] or "all", k) for k in qa_keys] + wups_keys)
   lines.append("(all numbers x100; CIDEr-D as pycocoevalcap reports it, x100)")
   return "\n".join(lines)
 
