@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5video.models.layers import DTYPES, Dense, LoraSpec
+from t5video.models.layers import DROPOUT_RNGS, DTYPES, Dense, Dropout, LoraSpec
 
 Array = jax.Array
 Dtype = Any
@@ -123,6 +123,9 @@ class T5Config:
     adapter_dim: if set, a bottleneck adapter (down Dense, ReLU, up Dense
       initialised at zero) with its own residual on the output of every FFN
       sublayer, in encoder and decoder.
+    dropout_rng: where dropout masks come from: ``'hash'`` (a counter hash seeded
+      from the dropout RNG stream; cheap on CPU) or ``'threefry'`` (Flax's
+      ``nn.Dropout``); :class:`t5video.models.layers.Dropout`.
   """
   vocab_size: int = 32128
   d_model: int = 512
@@ -147,6 +150,7 @@ class T5Config:
   scan_layers: bool = False
   lora: Optional[LoraSpec] = None
   adapter_dim: Optional[int] = None
+  dropout_rng: str = "hash"
 
   def __post_init__(self):
     if self.num_decoder_layers is None:
@@ -160,6 +164,8 @@ class T5Config:
       raise ValueError(
           f"T5Config.feed_forward_proj={self.feed_forward_proj!r}: expected '<act>' or 'gated-<act>' "
           f"with act in {sorted(_ACTIVATIONS)}")
+    if self.dropout_rng not in DROPOUT_RNGS:
+      raise ValueError(f"T5Config.dropout_rng={self.dropout_rng!r}: expected one of {DROPOUT_RNGS}")
     for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers",
                  "num_heads", "relative_attention_num_buckets"):
       if int(getattr(self, name)) <= 0:
@@ -429,7 +435,7 @@ class T5Attention(nn.Module):
     if mask is not None:
       scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=deterministic)
+    probs = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(probs, deterministic=deterministic)
     # [batch, heads, q, k] x [batch, k, heads, d_kv] -> [batch, q, heads, d_kv]
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(cfg.dtype))
     out = out.reshape(out.shape[:2] + (cfg.num_heads * cfg.d_kv,))  # [batch, q, heads*d_kv]
@@ -451,7 +457,7 @@ class T5DenseActDense(nn.Module):
     else:
       h = act(_dense(cfg, cfg.d_ff, ("embed", "mlp"), cfg.d_model ** -0.5, "wi")(x, deterministic))
     h = nn.with_logical_constraint(h, ("act_batch", "act_len", "act_mlp"))  # [batch, len, d_ff]
-    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    h = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(h, deterministic=deterministic)
     return _dense(cfg, cfg.d_model, ("mlp", "embed"), cfg.d_ff ** -0.5, "wo")(h, deterministic)
 
 
@@ -483,7 +489,7 @@ class T5LayerSelfAttention(nn.Module):
                                    has_relative_attention_bias=self.has_relative_attention_bias,
                                    name="SelfAttention")(
         h, None, mask, position_bias, cache_index, deterministic, decode)
-    return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic), position_bias
+    return x + Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(h, deterministic=deterministic), position_bias
 
 
 class T5LayerCrossAttention(nn.Module):
@@ -495,7 +501,7 @@ class T5LayerCrossAttention(nn.Module):
     h = T5LayerNorm(cfg, name="layer_norm")(x)
     h, _ = T5Attention(cfg, is_decoder=True, is_cross=True, name="EncDecAttention")(
         h, kv, mask, None, None, deterministic, False)
-    return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return x + Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(h, deterministic=deterministic)
 
 
 class T5LayerFF(nn.Module):
@@ -508,7 +514,7 @@ class T5LayerFF(nn.Module):
     h = T5DenseActDense(cfg, name="DenseReluDense")(h, deterministic)
     if cfg.adapter_dim:
       h = Adapter(cfg, name="adapter")(h, deterministic)
-    return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return x + Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(h, deterministic=deterministic)
 
 
 class T5Block(nn.Module):
@@ -592,7 +598,7 @@ class T5Stack(nn.Module):
         cache_index = index_var.value
         index_var.value = cache_index + 1
 
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(x, deterministic=deterministic)
     hidden_states = [x] if output_hidden_states else None
 
     block_cls = T5Block
@@ -626,7 +632,7 @@ class T5Stack(nn.Module):
             hidden_states.append(x)
 
     x = T5LayerNorm(cfg, name="final_layer_norm")(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
     if output_hidden_states:
       # HF reports the final (normed) state in place of the last block's raw output.

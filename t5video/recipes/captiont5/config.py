@@ -121,6 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
                                     # `clip` sizes come from it)
       t5_init="",                   # an HF T5 directory (sizes and tokenizer come from it)
       remat=False,
+      dropout_rng="hash",           # T5's dropout masks: 'hash' (cheap on CPU) | 'threefry' (Flax's
+                                    # nn.Dropout; what runs before 2026-11-30 used): T5Config.dropout_rng
   )
   c.peft = dict(method="full", lora_rank=8, lora_alpha=16.0, lora_dropout=0.0,
                 lora_targets=r"(SelfAttention|EncDecAttention)/(q|v)$", adapter_dim=64,
@@ -256,10 +258,12 @@ def build_model_config(config: ml_collections.ConfigDict, vocab_size: int,
     vision = clip_lib.CLIPVisionConfig(**dict(m.clip), dtype=dtype, lora=lora, remat=m.remat)
   if m.t5_init:
     t5 = t5_lib.T5Config.from_hf(hf.read_hf_config(m.t5_init), dtype=dtype, lora=lora,
-                                 adapter_dim=adapter_dim, remat=m.remat)
+                                 adapter_dim=adapter_dim, remat=m.remat,
+                                 dropout_rng=m.get("dropout_rng", "hash"))
   else:
     fields = dict(m.t5)
     fields["vocab_size"] = -(-vocab_size // 128) * 128
+    fields["dropout_rng"] = m.get("dropout_rng", "hash")
     t5 = t5_lib.T5Config(**fields, dtype=dtype, lora=lora, adapter_dim=adapter_dim, remat=m.remat)
   temporal = TemporalConfig(**dict(m.temporal), dtype=DTYPES[dtype])
   video = {}
