@@ -9,6 +9,12 @@ every hidden state and the projected embedding. After warm-up the two are
 timed alternately (so background load hits both alike) and the medians and
 the ratio ours / torch are printed.
 
+It also prints the roofline: each framework's own attainable fp32 matmul rate on this machine
+(``--matmul-size``² x ``--matmul-size``², timed the same way) and the forward's rate (its FLOPs
+from XLA's cost analysis of our jitted forward, the same count for both sides) as a share of
+it. When both sides run the forward near their matmul ceiling, the ratio ours / torch cannot
+fall much below ``torch ceiling / ours ceiling`` whatever either side does (docs/performance.md).
+
 Run (from the repository root)::
 
   .venv/bin/python benchmarks/bench_clip.py                 # B/32, 8 frames of 224², 20 runs
@@ -34,6 +40,7 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--dtype", default="float32", help="t5video compute dtype")
   parser.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
+  parser.add_argument("--matmul-size", type=int, default=2048, help="square fp32 matmul for the ceiling")
   parser.add_argument("--single-thread", action="store_true",
                       help="one thread on both sides (XLA's Eigen pool off, torch.set_num_threads(1))")
   args = parser.parse_args()
@@ -103,6 +110,32 @@ def main() -> None:
   print(f"  t5video (jit) median: {ours_med * 1e3:8.1f} ms   (min {min(ours_t) * 1e3:.1f})")
   print(f"  torch         median: {torch_med * 1e3:8.1f} ms   (min {min(torch_t) * 1e3:.1f})")
   print(f"  ratio ours/torch: {ours_med / torch_med:.3f}")
+
+  # The roofline: each side's attainable matmul rate, and the forward's share of it.
+  flops = float(forward.lower(params, ours_x).compile().cost_analysis()["flops"])
+  n = args.matmul_size
+  a = jax.device_put(np.ones((n, n), np.float32))
+  matmul = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(matmul(a, a))
+  ta = torch.ones(n, n)
+  _ = ta @ ta
+  mm_ours, mm_torch = [], []
+  for _ in range(max(5, args.runs // 2)):
+    t0 = time.perf_counter()
+    jax.block_until_ready(matmul(a, a))
+    t1 = time.perf_counter()
+    _ = ta @ ta
+    t2 = time.perf_counter()
+    mm_ours.append(t1 - t0)
+    mm_torch.append(t2 - t1)
+  peak_ours = 2 * n ** 3 / statistics.median(mm_ours) / 1e9
+  peak_torch = 2 * n ** 3 / statistics.median(mm_torch) / 1e9
+  rate_ours, rate_torch = flops / ours_med / 1e9, flops / torch_med / 1e9
+  print(f"  roofline: forward {flops / 1e9:.1f} GFLOP (XLA cost analysis); fp32 {n}^2 matmul ceiling "
+        f"t5video {peak_ours:.0f} GFLOP/s, torch {peak_torch:.0f} GFLOP/s")
+  print(f"  forward rate: t5video {rate_ours:.0f} GFLOP/s ({rate_ours / peak_ours:.0%} of its ceiling), "
+        f"torch {rate_torch:.0f} GFLOP/s ({rate_torch / peak_torch:.0%} of its ceiling)")
+  print(f"  lowest ratio ours/torch with ours at its ceiling: {rate_torch / peak_ours:.3f}")
 
 
 if __name__ == "__main__":

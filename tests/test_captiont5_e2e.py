@@ -92,6 +92,16 @@ def test_train_evaluate_restore_caption(data_root, tmp_path, capsys):
   metrics, _ = task.run_eval(params, task.eval_records())
   assert abs(metrics["CIDEr"] - ev["CIDEr"]) < 1e-9
   assert abs(metrics["top1"] - ev["top1"]) < 1e-9
+  # Rank classification is also reported with each class name's score divided by its length.
+  from t5video.evaluate import classification
+  labelled = [r for r in task.eval_rows(params, task.eval_records()) if "label" in r]
+  lengths = task.class_name_lengths()
+  assert lengths.shape == (len(task.class_names),) and (lengths >= 2).all()  # a word and EOS at least
+  preds, _ = classification.rank_classification(np.stack([r["_class_scores"] for r in labelled]), lengths,
+                                                 length_normalize=True)
+  assert metrics["length_normalised_top1"] == pytest.approx(
+      np.mean([task.class_names[p] == r["label"] for p, r in zip(preds, labelled)]))
+  assert "length_normalised_tail_mean_recall" in metrics and "length_normalised_top1" in ev
 
   # `t5video caption` prints text for the user's files, and names a bad one.
   videos = sorted(os.listdir(os.path.join(data_root, "videos")))[:2]

@@ -156,9 +156,13 @@ class EvalMixin:
             attributes.synthetic_vocabulary()))
     labelled = [r for r in rows if "label" in r]
     if labelled:
-      metrics.update(self._class_metrics(
-          np.asarray([self.class_names.index(r["label"]) for r in labelled]),
-          np.stack([r["_class_scores"] for r in labelled]), [r["class_generated"] for r in labelled]))
+      labels = np.asarray([self.class_names.index(r["label"]) for r in labelled])
+      scores = np.stack([r["_class_scores"] for r in labelled])  # [N, C] summed log-likelihoods
+      metrics.update(self._class_metrics(labels, scores, [r["class_generated"] for r in labelled]))
+      # The same ranking with each class name's score divided by its length in tokens (EOS included),
+      # so that a long name ("grows then shrinks") is not out-ranked for being long.
+      metrics.update(self._class_metrics(labels, scores / self.class_name_lengths()[None, :], None,
+                                         prefix="length_normalised_"))
     tagged = [r for r in rows if "tags_true" in r]
     if tagged:
       metrics.update({f"tags_{k}": v for k, v in cls_metrics.multilabel_f1(
@@ -179,6 +183,11 @@ class EvalMixin:
         return [self.class_names.index(c) for c in tail if c in self.class_names]
     counts = np.asarray([self.train_class_counts.get(c, 0) for c in self.class_names])
     return [int(i) for i in np.nonzero(counts < self.config.eval.tail_fraction * counts.max())[0]]
+
+  def class_name_lengths(self) -> np.ndarray:
+    """``[C]`` target tokens of every class name as rank classification scores it (EOS included)."""
+    _, mask = self.tokenizer.encode_batch(self.class_names, self.config.text.max_target_len)
+    return np.maximum(np.asarray(mask).sum(-1), 1).astype(np.float64)
 
   def _class_metrics(self, labels: np.ndarray, scores: np.ndarray, generated: list[str],
                      prefix: str = "") -> dict:
