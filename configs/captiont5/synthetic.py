@@ -60,7 +60,8 @@ Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10
   other-frames control (one more evaluation pass) is always on.
 
 Hardware: a laptop CPU (2 cores): rendering, both stages and evaluation took 12 minutes on the
-reference machine on 2026-11-30, plus about 4 once for the stand-ins. Results (3 seeds, controls,
+reference machine on 2026-11-30 with other jobs running, 5 min 37 s later that day on the quiet machine
+with T5's hashed dropout masks (the data already rendered), plus about 4 once for the stand-ins. Results (3 seeds, controls,
 held-out renderings) and the commands that produce them: docs/results.md, "The demo".
 """
 
