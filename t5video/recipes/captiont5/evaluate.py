@@ -161,8 +161,8 @@ class EvalMixin:
       metrics.update(self._class_metrics(labels, scores, [r["class_generated"] for r in labelled]))
       # The same ranking with each class name's score divided by its length in tokens (EOS included),
       # so that a long name ("grows then shrinks") is not out-ranked for being long.
-      metrics.update(self._class_metrics(labels, scores / self.class_name_lengths()[None, :], None,
-                                         prefix="length_normalised_"))
+      _, normalised = cls_metrics.rank_classification(scores, self.class_name_lengths(), length_normalize=True)
+      metrics.update(self._class_metrics(labels, normalised, None, prefix="length_normalised_"))
     tagged = [r for r in rows if "tags_true" in r]
     if tagged:
       metrics.update({f"tags_{k}": v for k, v in cls_metrics.multilabel_f1(
