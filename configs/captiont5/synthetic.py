@@ -28,7 +28,11 @@ Variants through the config argument (comma-separated, e.g. ``:nothoughts,frac10
   1,200 steps, every clip equally often.
 * ``no_videotoken``: no video token (the pooled class tokens alone), the vision tower trained.
 * ``train_encoder``: stage 0's encoder trains on with the rest (it collapsed to the prior: docs/results.md).
-* ``concepts``: the stage-0 CLIP's top concepts become a thought as well (cross-fitted in two folds).
+* ``concepts``: the stage-0 CLIP's top concepts become a thought as well (cross-fitted in two folds,
+  so the encoder and video token come from a CLIP that saw half the clips).
+* ``concepts=image``: the stand-in image CLIP's top concepts instead, zero-shot (the paper's setting:
+  a frozen pretrained CLIP that never saw the clips); stage 0 is the default's. Training draws the
+  concepts by similarity (``thoughts.concept_train``), evaluation takes the top 4.
 * ``noclip``: no video-text CLIP stage: a vision tower from scratch, no concepts, no re-ranking.
 * ``standins``: as ``noclip``, but the vision tower and the T5 (with its tokenizer) start from the
   project's pretrained stand-ins (``t5video standins``, built once and cached; docs/standins.md),
@@ -151,10 +155,13 @@ def get_config(arg=None):
     c.optim.freeze = ""
   if "train_encoder" in args:
     c.optim.freeze = ""
-  if "concepts" in args:  # the CLIP's top concepts as a thought too, cross-fitted
+  if "concepts" in args:  # the CLIP's top concepts as a thought too
     c.thoughts.sources = ("concepts",) + tuple(c.thoughts.sources)
-    c.thoughts.clip_stage.folds = 2
     c.text.max_input_len = 128
+    if args["concepts"] == "image":  # from the stand-in image CLIP, zero-shot: it never saw the clips
+      c.thoughts.concepts_clip = STANDINS
+    else:  # from stage 0, cross-fitted: two fold CLIPs (one of them CaptionT5's encoder)
+      c.thoughts.clip_stage.folds = 2
   if "noclip" in args:  # no video-text CLIP: vision from scratch, no concept thoughts, no re-ranking
     c.thoughts.sources = tuple(x for x in c.thoughts.sources if x != "concepts")
     c.thoughts.clip_stage.init_vision = False

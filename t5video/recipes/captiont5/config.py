@@ -20,6 +20,7 @@ from t5video.models.layers import DTYPES, LoraSpec
 from t5video.models.temporal import TemporalConfig
 from t5video.config import checkpoint_dir  # noqa: F401  (configs import it from here)
 from t5video.evaluate import controls as controls_lib
+from t5video.recipes.captiont5 import concepts as concepts_lib
 from t5video.recipes.standins import cache as standins_cache
 from t5video.train import paths
 
@@ -92,8 +93,19 @@ def base_config() -> ml_collections.ConfigDict:
       # balance: how the stage samples its training clips ('' every clip equally often, 'oversample',
       # 'class_balanced'); not data.balance, which is CaptionT5's own (on the demo, a class-balanced
       # stage 0 lost on action and left/right: docs/results.md).
-      clip_stage=dict(config="", num_steps=2000, folds=1, init_vision=False, balance=""),
+      # num_frames: the stage's frames per clip (0 = its config's own).
+      clip_stage=dict(config="", num_steps=2000, folds=1, init_vision=False, balance="", num_frames=0),
       concepts_file="",             # default: <data.root>/concepts.txt, else caption words
+      # Which CLIP ranks the concepts: '' = the video-text CLIP above (clip_workdir or the stage,
+      # cross-fitted when folds > 1); else an HF CLIP directory used zero-shot (the frames'
+      # mean image embedding; 'standins:CONFIG' = the stand-in image CLIP), which never saw the
+      # clips, or a finished ViFi-CLIP workdir. t5video/recipes/captiont5/concepts.py
+      concepts_clip="",
+      # Training's concepts: 'sample' draws top_k without replacement with probability
+      # softmax(cos / concept_temperature) per example (CLIP-guided thought sampling; evaluation
+      # takes the top_k); 'top_k' takes each clip's top_k (what runs before 2026-11-30 did).
+      concept_train="sample",
+      concept_temperature=0.01,     # CLIP's logit scale is 100
       # Where the 'draft' thought comes from in training (t5video.recipes.captiont5.drafts):
       # 'model': an earlier checkpoint of this recipe, trained num_steps without drafts (stages
       # draft_model and drafts, before the run); 'corrupted_reference': a reference caption with
@@ -184,6 +196,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   meteor_flag(config.eval.meteor)
   evaluates_qa(config)
   controls_lib.check(config.eval.controls)
+  tc = config.thoughts
+  if tc.concept_train not in concepts_lib.CONCEPT_TRAIN or not tc.concept_temperature > 0:
+    raise ValueError(f"thoughts.concept_train must be one of {concepts_lib.CONCEPT_TRAIN} and "
+                     f"concept_temperature > 0, got {tc.concept_train!r}, {tc.concept_temperature}")
   dr = config.thoughts.drafts
   if dr.source not in DRAFT_SOURCES or dr.num_steps < 1:
     raise ValueError(f"thoughts.drafts: source must be one of {DRAFT_SOURCES} and num_steps >= 1, got "

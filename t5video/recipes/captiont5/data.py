@@ -18,6 +18,7 @@ What one training example is:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ from t5video.data import thoughts as thoughts_lib
 from t5video.data import tokenizer as tokenizer_lib
 from t5video.data.records import VideoRecord, fold_of
 from t5video.models import t5 as t5_lib
+from t5video.recipes.captiont5 import concepts as concepts_lib
 from t5video.recipes.captiont5 import config as cfg
 from t5video.train import paths
 
@@ -130,6 +132,15 @@ def read_split(data: ml_collections.ConfigDict, root: str, split: str) -> list[V
   return records
 
 
+@dataclasses.dataclass(frozen=True)
+class ConceptSampling:
+  """Training's concept draw (:func:`concepts.sample_concepts`): each training clip's
+  similarities to the vocabulary, and the softmax temperature."""
+  vocab: tuple[str, ...]
+  sims: dict  # video id -> [len(vocab)] cosine similarities
+  temperature: float
+
+
 class TextTransform:
   """Per-example: picks the task, writes thoughts, tokenises (runs in Grain workers).
 
@@ -143,7 +154,8 @@ class TextTransform:
                seed: int, concepts: Optional[dict[str, list[str]]] = None,
                draft_vocab: Sequence[str] = (), features_key: str = "",
                qa: Optional[dict[str, list[dict]]] = None,
-               drafts: Optional[dict[str, str]] = None):
+               drafts: Optional[dict[str, str]] = None,
+               concept_sampling: Optional["ConceptSampling"] = None):
     names = [k for k, w in tasks.items() if w > 0]
     weights = np.asarray([tasks[k] for k in names], np.float64)
     self.task_names, self.task_p = names, weights / weights.sum()
@@ -158,6 +170,8 @@ class TextTransform:
     # video id -> an earlier checkpoint's caption (t5video.recipes.captiont5.drafts); None:
     # drafts are corrupted references (thoughts.drafts.source='corrupted_reference')
     self.drafts = drafts
+    # concepts drawn by similarity per example (None: each clip's top k, as in evaluation)
+    self.concept_sampling = concept_sampling
 
   def target_text(self, task: str, ex: dict, rng: np.random.Generator) -> str:
     if task == "caption":
@@ -193,9 +207,13 @@ class TextTransform:
         ref = ex["captions"][int(rng.integers(len(ex["captions"])))]
         draft = thoughts_lib.corrupt_caption(ref, self.thought_cfg.draft_corruption,
                                              self.draft_vocab, rng)
+    concepts = self.concepts.get(ex["video_id"])
+    cs = self.concept_sampling
+    if cs is not None and ex["video_id"] in cs.sims and "concepts" in self.thought_cfg.sources:
+      concepts = concepts_lib.sample_concepts(cs.vocab, cs.sims[ex["video_id"]], self.thought_cfg.top_k,
+                                              cs.temperature, rng)
     thoughts = thoughts_lib.build_thoughts(
-        ex["metadata"], ex["subtitle"], self.thought_cfg,
-        concepts=self.concepts.get(ex["video_id"]), draft=draft, rng=rng)
+        ex["metadata"], ex["subtitle"], self.thought_cfg, concepts=concepts, draft=draft, rng=rng)
     text = (f"{qa_lib.prompt(pair)} {thoughts}".strip() if pair is not None
             else thoughts_lib.encoder_text(task, thoughts))
     ids, mask = self.tok.encode_batch([text], self.max_input_len)
@@ -288,22 +306,25 @@ class DataMixin:
 
   # ---- CLIP-guided concepts -------------------------------------------------------
   def concepts(self) -> dict[str, list[str]]:
-    """Training video_id -> top concepts from the video-text CLIP (empty when not configured).
+    """Training video_id -> top concepts from the concept CLIP (empty when not configured).
 
-    Computed once, for the training loader. A training clip of fold ``k`` is
-    scored by the CLIP trained without fold ``k`` (``thoughts.clip_stage.folds``).
-    Other clips (evaluation, a user's files) are scored from the frames of
-    their batch (:meth:`batch_concepts`), so corrupted frames get their own.
+    Computed once, for the training loader, with each clip's similarities to
+    the whole vocabulary (:attr:`concept_sims`, what training samples from). A
+    training clip of fold ``k`` is scored by the CLIP trained without fold ``k``
+    (``thoughts.clip_stage.folds``); an image CLIP (``thoughts.concepts_clip``)
+    never saw the clips and scores them all. Other clips (evaluation, a user's
+    files) are scored from the frames of their batch (:meth:`batch_concepts`),
+    so corrupted frames get their own.
     """
     if self._concepts is not None:
       return self._concepts
-    self._concepts, self._concept_paths = {}, {}
+    self._concepts, self._concept_paths, self.concept_sims = {}, {}, {}
     tc = self.config.thoughts
     if "concepts" not in tc.sources:
       return self._concepts
-    scorers = self.clip_scorers(purpose="thoughts.sources has 'concepts'")
+    scorers = self.concept_scorers()
     vocab = self.concept_vocabulary()
-    # Frames as the video-text CLIP was trained on them (its frame count and size).
+    # Frames as the concept CLIP takes them (its frame count and size).
     spec = decode_lib.SamplingSpec(num_frames=scorers[0].num_frames, size=scorers[0].image_size)
     loader = pipeline.make_loader(
         list(self.records[self.config.data.train_split]),
@@ -319,9 +340,10 @@ class DataMixin:
           continue
         # The CLIP that never saw this clip (the only one when not cross-fitted).
         row = sims[fold_of(vid, len(scorers)) if len(scorers) > 1 else 0, i]
-        self._concepts[vid] = [vocab[j] for j in np.argsort(-row, kind="stable")[:tc.top_k]]
+        self._concepts[vid] = concepts_lib.top_concepts(vocab, row, tc.top_k)
+        self.concept_sims[vid] = np.asarray(row, np.float32)
         self._concept_paths[vid] = batch["path"][i]
-    logging.info("CLIP-guided concepts for %d clips from %s", len(self._concepts), self.clip_dirs())
+    logging.info("CLIP-guided concepts for %d clips from %s", len(self._concepts), self.concept_dirs())
     return self._concepts
 
   def batch_concepts(self, batch: dict) -> list[Optional[list[str]]]:
@@ -339,12 +361,33 @@ class DataMixin:
     out = [known[v] if ok else None for v, ok in zip(batch["video_id"], own)]
     if missing and "frames" in batch:  # evaluation clips, a user's own files (`t5video caption`)
       vocab = self.concept_vocabulary()
-      scorers = self.clip_scorers(purpose="thoughts.sources has 'concepts'")
       frames = np.asarray(batch["frames"])[missing]
-      sims = np.mean([s.scores(s.fit_frames(frames), vocab) for s in scorers], axis=0)  # [m, concepts]
+      sims = np.mean([s.scores(s.fit_frames(frames), vocab) for s in self.concept_scorers()], axis=0)  # [m, concepts]
       for i, row in zip(missing, sims):
-        out[i] = [vocab[j] for j in np.argsort(-row, kind="stable")[:self.config.thoughts.top_k]]
+        out[i] = concepts_lib.top_concepts(vocab, row, self.config.thoughts.top_k)
     return out
+
+  def concept_dirs(self) -> list[str]:
+    """Where the concepts come from: ``thoughts.concepts_clip`` (an HF CLIP directory or a
+    ViFi-CLIP workdir), else the video-text CLIP(s) of :meth:`clip_dirs`."""
+    tc = self.config.thoughts
+    return [tc.concepts_clip] if tc.get("concepts_clip") else self.clip_dirs()
+
+  def concept_scorers(self) -> list:
+    """The scorers of :meth:`concept_dirs` (the video-text CLIPs' own when they are the same)."""
+    if not self.config.thoughts.get("concepts_clip"):
+      return self.clip_scorers(purpose="thoughts.sources has 'concepts'")
+    if self._concept_scorers is None:
+      path = self.config.thoughts.concepts_clip
+      if not cfg.is_vificlip_workdir(path) and not paths.exists(paths.join(path, "config.json")):
+        raise FileNotFoundError(f"thoughts.concepts_clip={path!r} is neither an HF CLIP directory (no "
+                                "config.json) nor a finished ViFi-CLIP workdir")
+      if cfg.is_vificlip_workdir(path):
+        from t5video.recipes.vificlip import predict as vificlip_predict  # heavy; only when used
+        self._concept_scorers = [vificlip_predict.ConceptScorer.from_workdir(path)]
+      else:
+        self._concept_scorers = [concepts_lib.ImageClipScorer(path, num_frames=self.config.data.num_frames)]
+    return self._concept_scorers
 
   def clip_dirs(self) -> list[str]:
     """The video-text CLIP workdirs: ``thoughts.clip_workdir``, else ``<workdir>/vificlip``
@@ -372,7 +415,7 @@ class DataMixin:
   def needs_clip(self) -> bool:
     """Whether this run uses a video-text CLIP (concepts, re-ranking, or its vision tower)."""
     tc = self.config.thoughts
-    return ("concepts" in tc.sources or self.rerank_candidates() > 0
+    return (("concepts" in tc.sources and not tc.get("concepts_clip")) or self.rerank_candidates() > 0
             or bool(tc.clip_stage.get("init_vision") and not self.config.model.clip_init))
 
   def vision_init_dir(self) -> str:

@@ -116,6 +116,8 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     self._concepts: Optional[dict[str, list[str]]] = None
     self._concept_paths: dict[str, str] = {}  # training clip -> the video its concepts come from
     self._clip_scorers: Optional[list] = None
+    self._concept_scorers: Optional[list] = None  # thoughts.concepts_clip's, when set
+    self.concept_sims: dict = {}  # training clip -> its [vocab] similarities (concepts())
 
   @functools.cached_property
   def train_class_counts(self) -> collections.Counter:
@@ -172,6 +174,7 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     from t5video.recipes import standins  # pylint: disable=g-import-not-at-top
     config.model.clip_init = standins.resolve(config.model.clip_init, "clip")
     config.model.t5_init = standins.resolve(config.model.t5_init, "t5")
+    config.thoughts.concepts_clip = standins.resolve(config.thoughts.concepts_clip, "clip")
     task = cls(config)
     task.check_balance()  # before any stage runs
     assets = paths.join(workdir, ASSETS_DIR)
@@ -242,6 +245,8 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
             "balance": st.get("balance", "")}
     if base.data.get("synthetic"):
       data["synthetic"] = {"num_videos": 0}  # the data is here already
+    if st.get("num_frames"):
+      data["num_frames"] = int(st.num_frames)
     if fold is not None:
       data["holdout_fold"] = (fold, int(st.folds))
     stage_dir = self.clip_dirs()[fold or 0]
@@ -324,9 +329,19 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
         max_input_len=self.config.text.max_input_len,
         max_target_len=self.config.text.max_target_len, seed=seed,
         concepts=self.concepts(), draft_vocab=[w for c in vocab for w in c.split()],
+        concept_sampling=self._concept_sampling(),
         drafts=self.training_drafts(),
         features_key=self.config.data.features_layer if self.features_shape else "",
         qa=self.qa_pairs(self.config.data.train_split) if self.config.tasks.get("qa", 0.0) else None)
+
+  def _concept_sampling(self) -> Optional[data_lib.ConceptSampling]:
+    """How training draws its concepts: by similarity (``thoughts.concept_train='sample'``), or
+    None (each clip's top ``k``, as evaluation takes them)."""
+    tc = self.config.thoughts
+    if tc.concept_train != "sample" or not self.concept_sims:
+      return None
+    return data_lib.ConceptSampling(vocab=tuple(self.concept_vocabulary()), sims=self.concept_sims,
+                                    temperature=float(tc.concept_temperature))
 
   def check_balance(self, records=None) -> None:
     """``data.balance`` samples by class: every training clip needs a label (one line otherwise)."""
