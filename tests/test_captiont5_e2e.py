@@ -363,6 +363,10 @@ def test_clip_stage_trains_on_the_same_fraction_of_clips(data_root, tmp_path):
   assert task.clip_stage_config().data.balance == ""
   task.config.thoughts.clip_stage.balance = "oversample"
   assert task.clip_stage_config().data.balance == "oversample"
+  # Its frames per clip: the stage config's own, unless thoughts.clip_stage.num_frames says.
+  assert task.clip_stage_config().data.num_frames == 4  # ':tiny'
+  task.config.thoughts.clip_stage.num_frames = 2
+  assert task.clip_stage_config().data.num_frames == 2
 
 
 def test_concept_vocabulary_file_or_caption_words(data_root, tmp_path):

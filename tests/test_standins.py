@@ -303,3 +303,97 @@ def test_captiont5_clip_stage_on_the_standin_keeps_its_tokenizer_and_sizes(built
   assert stage_config.model.tokenizer == f"standins:{TINY}" and stage_config.model.objective
   task = captiont5.CaptionT5Task(prepared)
   assert task.model_config.vision.hidden_size == 32  # the tiny stand-in's, from its config.json
+
+
+def test_image_clip_concepts_equal_transformers(built):
+  """Concepts from an HF image CLIP (``thoughts.concepts_clip``): each clip's embedding is its
+  frames' normalised image embeddings averaged and normalised again; the similarities equal the
+  same computation in transformers."""
+  from t5video.recipes.captiont5 import concepts as concepts_lib
+  _, path = built
+  clip_dir = os.path.join(path, "clip")
+  scorer = concepts_lib.ImageClipScorer(clip_dir, num_frames=3, batch_size=4)
+  size = scorer.image_size
+  frames = np.random.default_rng(0).integers(0, 256, size=(2, 3, size + 8, size, 3), dtype=np.uint8)
+  vocab = ["red", "circle", "moves left", "striped background"]
+  ours = scorer.scores(frames, vocab)  # [2, 4]
+
+  torch_model = transformers.CLIPModel.from_pretrained(clip_dir).eval()
+  tok = transformers.AutoTokenizer.from_pretrained(clip_dir)
+  square = frames[:, :, 4:4 + size]  # the centre square (no resize: the side is the CLIP's size)
+  x = (square.astype(np.float32) / 255.0 - np.asarray(clip_lib.CLIP_MEAN)) / np.asarray(clip_lib.CLIP_STD)
+  x = x.reshape((6, size, size, 3)).transpose(0, 3, 1, 2)  # [B*T, H, W, 3] -> [B*T, 3, H, W]
+  enc = tok(vocab, padding="max_length", max_length=scorer.text_len, return_tensors="pt")
+  with torch.no_grad():
+    img = torch_model.get_image_features(pixel_values=torch.tensor(x, dtype=torch.float32))
+    txt = torch_model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+  img = getattr(img, "pooler_output", img).numpy()
+  txt = getattr(txt, "pooler_output", txt).numpy()
+  img = img / np.linalg.norm(img, axis=-1, keepdims=True)
+  video = img.reshape(2, 3, -1).mean(axis=1)  # [B*T, P] -> [B, T, P] -> [B, P]
+  video /= np.linalg.norm(video, axis=-1, keepdims=True)
+  txt = txt / np.linalg.norm(txt, axis=-1, keepdims=True)
+  np.testing.assert_allclose(ours, video @ txt.T, atol=2e-4)
+  assert concepts_lib.top_concepts(vocab, ours[0], 2) == [vocab[j] for j in np.argsort(-ours[0])[:2]]
+
+
+def test_captiont5_concepts_from_the_standin_image_clip(built, monkeypatch, tmp_path):
+  """``:concepts=image``: preparing the run resolves ``thoughts.concepts_clip`` to the stand-in
+  CLIP's directory; every training clip gets that CLIP's similarities over the vocabulary, its
+  top k, and in training a draw by similarity (distinct concepts of the vocabulary that vary from
+  epoch to epoch; the top k with ``concept_train='top_k'``)."""
+  from t5video.recipes import captiont5
+  cache_dir, path = built
+  monkeypatch.setattr(cache_lib, "_build_into", lambda *a, **k: pytest.fail("cache expected"))
+  monkeypatch.setenv("T5VIDEO_STANDINS_CACHE", str(cache_dir))
+  config = config_lib.load_config_file("configs/captiont5/synthetic.py:runlocal,concepts=image")
+  assert config.thoughts.concepts_clip.startswith("standins:") and config.thoughts.sources[0] == "concepts"
+  assert config.thoughts.clip_stage.folds == 1  # no cross-fitting: the image CLIP never saw the clips
+  with config.unlocked():
+    config.thoughts.concepts_clip = f"standins:{TINY}"
+    config.data.root = str(tmp_path / "data")
+    config.data.num_videos = 24
+    config.thoughts.dropout = config.thoughts.drop_all = 0.0
+    config.thoughts.concept_temperature = 1.0  # flat: the draws must differ
+  prepared = captiont5.CaptionT5Task.prepare(config, str(tmp_path / "run"))
+  assert prepared.thoughts.concepts_clip == os.path.join(path, "clip")
+  task = captiont5.CaptionT5Task(prepared)
+  task.workdir = str(tmp_path / "run")
+  vocab = task.concept_vocabulary()
+  concepts = task.concepts()
+  train = task.records[prepared.data.train_split]
+  assert set(concepts) == set(task.concept_sims) == {r.video_id for r in train}
+  from t5video.data import decode
+  (scorer,) = task.concept_scorers()
+  assert scorer.num_frames == prepared.data.num_frames
+  spec = decode.SamplingSpec(num_frames=scorer.num_frames, size=scorer.image_size)
+  row = scorer.scores(decode.decode_video(train[0].path, spec).frames[None], vocab)[0]
+  np.testing.assert_allclose(task.concept_sims[train[0].video_id], row, atol=1e-5)
+  k = prepared.thoughts.top_k
+  assert concepts[train[0].video_id] == [vocab[j] for j in np.argsort(-row, kind="stable")[:k]]
+
+  ex = {"video_id": train[0].video_id, "captions": list(train[0].captions), "label": train[0].label,
+        "tags": list(train[0].tags), "metadata": dict(train[0].metadata), "subtitle": train[0].subtitle,
+        "frames": np.zeros((1,), np.uint8), "frame_mask": np.ones((1,), np.int32), "valid": True,
+        "index": 0, "position": 0, "failure": "", "path": train[0].path}
+
+  def inputs(t):  # the encoder's text of 8 epochs (captions only: the concepts are what varies)
+    transform = t._text_transform(seed=0)  # pylint: disable=protected-access
+    return {tuple(transform({**ex, "epoch": e})["input_ids"].tolist()) for e in range(8)}
+
+  from t5video.recipes.captiont5 import concepts as concepts_lib
+  cs = task._concept_sampling()  # pylint: disable=protected-access
+  rng = np.random.default_rng(0)
+  draws = {tuple(concepts_lib.sample_concepts(cs.vocab, cs.sims[train[0].video_id], k, cs.temperature, rng))
+           for _ in range(20)}
+  assert all(len(set(d)) == k and set(d) <= set(vocab) for d in draws) and len(draws) > 1
+  with prepared.unlocked():
+    prepared.tasks = {"caption": 1.0, "classify": 0.0, "tags": 0.0, "qa": 0.0}
+  task = captiont5.CaptionT5Task(prepared)
+  task.workdir = str(tmp_path / "run")
+  assert len(inputs(task)) > 1
+  with prepared.unlocked():
+    prepared.thoughts.concept_train = "top_k"
+  task = captiont5.CaptionT5Task(prepared)
+  task.workdir = str(tmp_path / "run")
+  assert task._concept_sampling() is None and len(inputs(task)) == 1  # pylint: disable=protected-access
