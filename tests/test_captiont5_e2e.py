@@ -267,6 +267,9 @@ def test_clip_stage_concepts_and_reranking(data_root, tmp_path):
   expected = np.mean([s.scores(s.fit_frames(np.asarray(batch["frames"][:1])), [samples[0]["caption"]])[0, 0]
                       for s in scorers])
   assert abs(float(sims[0][0]) - float(expected)) < 1e-5
+  # Each sample row keeps the concept thought its clip's frames got.
+  assert all(len(s["concepts"]) == 3 and set(s["concepts"]) <= set(vocab) for s in samples)
+  assert task.batch_concepts(batch)[0] == samples[0]["concepts"]
   # A user's file (an id the dataset does not have) gets concepts from its frames.
   user = dict(batch, video_id=["user-file:0:x.mp4"] + list(batch["video_id"][1:]))
   got = task.batch_concepts(user)[0]

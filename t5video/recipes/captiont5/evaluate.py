@@ -126,6 +126,8 @@ class EvalMixin:
                      references=list(batch["captions"][i]))
           if "candidates" in pred:
             row.update(model_caption=pred["model_caption"][i], candidates=pred["candidates"][i])
+          if "concepts" in pred:  # the concept thought this clip's frames got
+            row["concepts"] = list(pred["concepts"][i] or [])
           if truth.get(vid):
             row["attributes_true"] = truth[vid]
         if "class_scores" in pred and batch["label"][i]:

@@ -98,9 +98,10 @@ class PredictMixin:
             "beam": checked(beam, "beam search", 3),
             "sample": checked(sample, "sampler", (4, 5, 6)), "rank": checked(rank, "rank classifier")}
 
-  def _encoder_inputs(self, batch: dict, task: str, drafts: Optional[list[str]] = None):
+  def _encoder_inputs(self, batch: dict, task: str, drafts: Optional[list[str]] = None,
+                      concepts: Optional[list] = None):
     texts = []
-    concepts = self.batch_concepts(batch)
+    concepts = self.batch_concepts(batch) if concepts is None else concepts
     for i in range(len(batch["video_id"])):
       th = thoughts_lib.build_thoughts(
           batch["metadata"][i], batch["subtitle"][i], self.thought_cfg,
@@ -116,9 +117,12 @@ class PredictMixin:
     visual = {k: np.asarray(batch[k]) for k in ("frames", "features") if k in batch}
     fmask = jnp.asarray(batch["frame_mask"] if frame_mask is None else frame_mask, jnp.int32)
     out: dict[str, Any] = {}
+    concepts = self.batch_concepts(batch)  # once for every task (a CLIP forward over the frames)
+    if "concepts" in self.thought_cfg.sources:
+      out["concepts"] = concepts
 
     def enc(task, drafts=None):
-      ids, mask = self._encoder_inputs(batch, task, drafts)
+      ids, mask = self._encoder_inputs(batch, task, drafts, concepts)
       return j["encode"](params, visual, fmask, jnp.asarray(ids), jnp.asarray(mask))
 
     def generate(hidden, mask):
