@@ -108,3 +108,14 @@ def test_demo_variants_resolve_the_stage_token_and_freeze(variant, stage, token,
   # class-balanced sampling in the new design only (the former default and the smoke run sample every clip)
   assert c.data.balance == ("" if variant.startswith(("v4", "runlocal")) else "class_balanced")
   config_lib.validate(c)
+
+
+def test_captiont5_peft_variants_learning_rates():
+  """``:peft=`` trains small added parameters at 5e-3; last-N trains whole T5 blocks and keeps full
+  fine-tuning's rate (at 5e-3 it lost half its CIDEr on the T5 stand-in: docs/results.md)."""
+  full = config_lib.load_config_file("configs/captiont5/synthetic.py:vifi_standins")
+  for method in ("lora", "adapters", "prompt", "bitfit"):
+    c = config_lib.load_config_file(f"configs/captiont5/synthetic.py:vifi_standins,peft={method}")
+    assert c.peft.method == method and c.optim.learning_rate == 5e-3
+  c = config_lib.load_config_file("configs/captiont5/synthetic.py:vifi_standins,peft=last_n")
+  assert c.peft.method == "last_n" and c.optim.learning_rate == full.optim.learning_rate == 2e-3
