@@ -389,6 +389,20 @@ def clip_preprocess(frames: Any) -> Array:
   return (x - jnp.asarray(CLIP_MEAN, jnp.float32)) / jnp.asarray(CLIP_STD, jnp.float32)
 
 
+def fit_square(frames, size: int) -> np.ndarray:
+  """uint8 ``[B, T, H, W, 3]`` -> ``[B, T, size, size, 3]``: the centre square, then a bilinear
+  resize when its side differs (frames sampled for another model, fitted to this CLIP's input)."""
+  frames = np.asarray(frames)
+  b, t, h, w, _ = frames.shape
+  side = min(h, w)
+  top, left = (h - side) // 2, (w - side) // 2
+  frames = frames[:, :, top:top + side, left:left + side]  # [B, T, S, S, 3]
+  if side != size:
+    resized = jax.image.resize(jnp.asarray(frames, jnp.float32), (b, t, size, size, 3), method="bilinear")
+    frames = np.asarray(jnp.clip(jnp.round(resized), 0, 255)).astype(np.uint8)
+  return frames
+
+
 def load_clip_tokenizer(path: str):
   """The CLIP tokenizer of a local HF directory (vocab.json + merges.txt or tokenizer.json).
 

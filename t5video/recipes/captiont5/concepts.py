@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from t5video.models import clip as clip_lib
@@ -94,15 +93,7 @@ class ImageClipScorer:
     frames = np.asarray(frames)
     if frames.ndim != 5:
       raise ValueError(f"frames must be uint8 [batch, frames, H, W, 3], got shape {frames.shape}")
-    b, t, h, w, _ = frames.shape
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    frames = frames[:, :, top:top + side, left:left + side]  # [B, T, S, S, 3]
-    if side != self.image_size:
-      size = self.image_size
-      resized = jax.image.resize(jnp.asarray(frames, jnp.float32), (b, t, size, size, 3), method="bilinear")
-      frames = np.asarray(jnp.clip(jnp.round(resized), 0, 255)).astype(np.uint8)
-    return frames
+    return clip_lib.fit_square(frames, self.image_size)
 
   def embed_videos(self, frames: np.ndarray) -> np.ndarray:
     """uint8 ``[B, T, S, S, 3]`` -> ``[B, P]``: the frames' embeddings averaged, normalised."""

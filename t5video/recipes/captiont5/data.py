@@ -209,7 +209,7 @@ class TextTransform:
                                              self.draft_vocab, rng)
     concepts = self.concepts.get(ex["video_id"])
     cs = self.concept_sampling
-    if cs is not None and ex["video_id"] in cs.sims and "concepts" in self.thought_cfg.sources:
+    if cs is not None and ex["video_id"] in cs.sims:  # (set only when 'concepts' is a source)
       concepts = concepts_lib.sample_concepts(cs.vocab, cs.sims[ex["video_id"]], self.thought_cfg.top_k,
                                               cs.temperature, rng)
     thoughts = thoughts_lib.build_thoughts(
@@ -379,10 +379,11 @@ class DataMixin:
       return self.clip_scorers(purpose="thoughts.sources has 'concepts'")
     if self._concept_scorers is None:
       path = self.config.thoughts.concepts_clip
-      if not cfg.is_vificlip_workdir(path) and not paths.exists(paths.join(path, "config.json")):
+      vificlip_run = cfg.is_vificlip_workdir(path)
+      if not vificlip_run and not paths.exists(paths.join(path, "config.json")):
         raise FileNotFoundError(f"thoughts.concepts_clip={path!r} is neither an HF CLIP directory (no "
                                 "config.json) nor a finished ViFi-CLIP workdir")
-      if cfg.is_vificlip_workdir(path):
+      if vificlip_run:
         from t5video.recipes.vificlip import predict as vificlip_predict  # heavy; only when used
         self._concept_scorers = [vificlip_predict.ConceptScorer.from_workdir(path)]
       else:

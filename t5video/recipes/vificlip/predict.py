@@ -236,18 +236,10 @@ class ConceptScorer:
     frames = np.asarray(frames)
     if frames.ndim != 5:
       raise ValueError(f"frames must be uint8 [batch, frames, H, W, 3], got shape {frames.shape}")
-    b, t, h, w, _ = frames.shape
+    t = frames.shape[1]
     idx = np.floor((np.arange(self.num_frames) + 0.5) * t / self.num_frames).astype(int)
     frames = frames[:, np.clip(idx, 0, t - 1)]  # [B, T', H, W, 3]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    frames = frames[:, :, top:top + side, left:left + side]  # [B, T', S, S, 3]
-    if side != self.image_size:
-      size = self.image_size
-      resized = jax.image.resize(jnp.asarray(frames, jnp.float32),
-                                 (b, self.num_frames, size, size, 3), method="bilinear")
-      frames = np.asarray(jnp.clip(jnp.round(resized), 0, 255)).astype(np.uint8)
-    return frames
+    return clip_lib.fit_square(frames, self.image_size)  # [B, T', S, S, 3]
 
   def embed_videos(self, frames: np.ndarray) -> np.ndarray:
     """uint8 ``[B, T, H, W, 3]`` (T = the model's frames, H = W = its size) -> ``[B, P]`` normalised."""
