@@ -1,5 +1,6 @@
-"""Binary accuracy of a trained ViFi-CLIP on the synthetic order pairs, and zero-shot accuracy of
-the key object's colour, shape and size, on a rendering of the synthetic world.
+"""Binary accuracy of a trained ViFi-CLIP on the synthetic order pairs, closed-set top-1 with each
+class's recall, and zero-shot accuracy of the key object's colour, shape and size, on a rendering
+of the synthetic world.
 
 For each pair of classes that differ only in temporal order ("moves left" / "moves right",
 "grows then shrinks" / "shrinks then grows", ...) whose two classes both have clips, every
@@ -54,6 +55,14 @@ def main() -> int:
   template = task.config.eval.zero_shot_template or task.config.model.prompt_template
 
   out: dict = {"data": args.data, "split": args.split, "clips": len(rows)}
+  # Closed-set top-1 over the run's training classes (clips of those classes), with each class's recall.
+  classes = list(task.train_classes)
+  idx = np.asarray([i for i, r in enumerate(rows) if r["label"] in classes])
+  truth = np.asarray([classes.index(rows[i]["label"]) for i in idx])
+  pred = task.predictor.class_scores(params, emb[idx], classes, template).argmax(1)  # [n]
+  out["closed top-1"] = {"accuracy": round(100.0 * float((pred == truth).mean()), 1), "clips": len(idx),
+                         "recall": {c: round(100.0 * float((pred[truth == k] == k).mean()), 1)
+                                    for k, c in enumerate(classes) if (truth == k).any()}}
   for a, b in PAIRS:
     idx = [i for i, r in enumerate(rows) if r["label"] in (a, b)]
     if not {rows[i]["label"] for i in idx} >= {a, b}:

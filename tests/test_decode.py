@@ -274,3 +274,39 @@ def test_spec_validation():
     SamplingSpec(size=224, resize_short=200)
   with pytest.raises(ValueError, match='kind'):
     VideoDecodeError('x.mp4', 'weird')
+
+
+def test_random_zoom_scales_shifts_and_keeps_motion():
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(decode_lib.random_zoom(frames, (1.0, 1.0), rng), frames)  # factor 1: identity
+  square = np.zeros((1, 32, 32, 3), np.uint8)
+  square[0, 10:14, 20:24] = 255  # 16 bright pixels
+  for factor, area in ((0.5, 4), (2.0, 64)):
+    areas = [(decode_lib.random_zoom(square, (factor, factor), np.random.default_rng(s))[0, ..., 0] > 127).sum()
+             for s in range(6)]
+    if factor < 1:  # the whole frame stays in view: the square shrinks to a quarter
+      assert all(abs(a - area) <= 3 for a in areas), areas
+    else:  # the view may cut it, never enlarge it beyond factor^2
+      assert max(areas) <= area + 12 and max(areas) >= area - 12, areas
+  # One transform for every frame: the object moves by the same zoomed step between frames.
+  moving = np.zeros((3, 32, 32, 3), np.uint8)
+  for t in range(3):
+    moving[t, 14:18, 8 + 4 * t:12 + 4 * t] = 255
+  out = decode_lib.random_zoom(moving, (0.5, 0.5), np.random.default_rng(1))
+  xs = [np.argwhere(out[t, ..., 0] > 127)[:, 1].mean() for t in range(3)]
+  assert abs((xs[1] - xs[0]) - 2.0) < 0.6 and abs((xs[2] - xs[1]) - 2.0) < 0.6, xs
+  with pytest.raises(ValueError, match='zoom'):
+    SamplingSpec(zoom=(1.2, 0.8))
+  assert SamplingSpec(zoom=(0.8, 1.25)).random
+
+
+def test_zoom_in_decoder_cache_and_evaluation(videos):
+  from t5video.data import frame_cache, pipeline  # pylint: disable=g-import-not-at-top
+  spec = SamplingSpec(num_frames=4, size=32, mode='segment', zoom=(0.7, 1.4))
+  a = decode_video(videos['mp4'], spec, rng=np.random.default_rng(5))
+  b = frame_cache.FrameCache().decode_video(videos['mp4'], spec, rng=np.random.default_rng(5))
+  assert a.frames.shape == (4, 32, 32, 3)
+  np.testing.assert_allclose(a.timestamps, b.timestamps, atol=1e-6)  # same draws in the same order
+  assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 2
+  assert pipeline._spec_for_eval(spec).zoom is None  # evaluation never zooms

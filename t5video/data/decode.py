@@ -42,7 +42,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import av
 from av.video.reformatter import VideoReformatter
@@ -105,6 +105,11 @@ class SamplingSpec:
       (default: ``size``); must be >= ``size``.
     crop: 'center' or 'random' (one crop position for the whole clip).
     flip: flip the whole clip horizontally with probability 1/2.
+    zoom: ``(low, high)``: scale jitter for training. After the crop, the whole clip is
+      magnified by a factor drawn log-uniformly from ``[low, high]`` (below 1 it shrinks) and
+      shifted at random as far as the view stays inside the frame (above 1) or the frame inside
+      the view (below 1; pixels from outside the frame repeat the nearest edge pixel); one
+      transform for every frame, so motion is kept. ``None``: off.
     short_policy: when the window holds fewer than ``num_frames`` frames:
       'repeat' frames (:attr:`DecodedClip.repeated` says so) or 'error'
       (``VideoDecodeError`` kind 'too_short').
@@ -129,6 +134,7 @@ class SamplingSpec:
   resize_short: Optional[int] = None
   crop: str = 'center'
   flip: bool = False
+  zoom: Optional[tuple[float, float]] = None
   short_policy: str = 'repeat'
   timeout_s: float = 30.0
   thread_type: str = 'AUTO'
@@ -152,6 +158,8 @@ class SamplingSpec:
     if self.resize_short is not None and self.resize_short < self.size:
       raise ValueError(f'SamplingSpec.resize_short={self.resize_short} is smaller '
                        f'than size={self.size}')
+    if self.zoom is not None and not (len(self.zoom) == 2 and 0 < self.zoom[0] <= self.zoom[1]):
+      raise ValueError(f'SamplingSpec.zoom={self.zoom!r} must be (low, high) with 0 < low <= high')
     if self.crop not in _CROPS:
       raise ValueError(f'SamplingSpec.crop={self.crop!r}; expected one of {_CROPS}')
     if self.short_policy not in _SHORT_POLICIES:
@@ -173,7 +181,7 @@ class SamplingSpec:
   @property
   def random(self) -> bool:
     """Whether decoding with this spec draws from an RNG."""
-    return self.mode == 'segment' or self.crop == 'random' or self.flip
+    return self.mode == 'segment' or self.crop == 'random' or self.flip or self.zoom is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -581,6 +589,35 @@ def _resize_size(width: int, height: int, short: int) -> tuple[int, int]:
   return max(short, int(round(width * short / height))), short
 
 
+def random_zoom(frames: np.ndarray, zoom: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+  """Magnifies ``[T, H, W, C]`` frames by one random factor about one random centre.
+
+  The factor is log-uniform in ``zoom = (low, high)``. The view (``size / factor`` input pixels a
+  side) has its centre uniform over the positions that keep it inside the frame when it is smaller
+  (factor > 1) and the frame inside it when it is larger (factor < 1); factor 1 is the identity.
+  Output pixel ``(y, x)`` samples the input bilinearly at ``centre + ((y, x) + 0.5 - size / 2) /
+  factor - 0.5``, clamped to the frame (edge pixels repeat). Every frame gets the same transform.
+  """
+  _, h, w, _ = frames.shape
+  low, high = float(zoom[0]), float(zoom[1])
+  factor = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+  half_h, half_w = h / (2 * factor), w / (2 * factor)  # half the view's side, in input pixels
+  cy = rng.uniform(min(half_h, h - half_h), max(half_h, h - half_h))
+  cx = rng.uniform(min(half_w, w - half_w), max(half_w, w - half_w))
+  ys = np.clip(cy + (np.arange(h) + 0.5 - h / 2) / factor - 0.5, 0.0, h - 1.0)  # [H] source rows
+  xs = np.clip(cx + (np.arange(w) + 0.5 - w / 2) / factor - 0.5, 0.0, w - 1.0)  # [W] source columns
+  y0 = np.minimum(np.floor(ys).astype(np.int64), h - 2) if h > 1 else np.zeros(h, np.int64)
+  x0 = np.minimum(np.floor(xs).astype(np.int64), w - 2) if w > 1 else np.zeros(w, np.int64)
+  y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+  wy = (ys - y0)[None, :, None, None].astype(np.float32)  # [1, H, 1, 1]
+  wx = (xs - x0)[None, None, :, None].astype(np.float32)  # [1, 1, W, 1]
+  f = frames.astype(np.float32)
+  top = f[:, y0][:, :, x0] * (1 - wx) + f[:, y0][:, :, x1] * wx  # [T, H, W, C]
+  bottom = f[:, y1][:, :, x0] * (1 - wx) + f[:, y1][:, :, x1] * wx  # [T, H, W, C]
+  out = top * (1 - wy) + bottom * wy  # [T, H, W, C]
+  return np.clip(np.rint(out), 0, 255).astype(frames.dtype)
+
+
 def _crop_flip(frames: np.ndarray, spec: SamplingSpec,
                rng: Optional[np.random.Generator]) -> np.ndarray:
   """Crops ``[T, H, W, 3]`` to ``[T, size, size, 3]`` and maybe flips it."""
@@ -592,6 +629,8 @@ def _crop_flip(frames: np.ndarray, spec: SamplingSpec,
   else:
     y, x = (h - s) // 2, (w - s) // 2
   out = frames[:, y:y + s, x:x + s]  # [T, size, size, 3]
+  if spec.zoom is not None:
+    out = random_zoom(out, spec.zoom, rng)  # [T, size, size, 3]
   if spec.flip and rng.random() < 0.5:
     out = out[:, :, ::-1]  # [T, size, size, 3], mirrored left-right
   return np.ascontiguousarray(out)

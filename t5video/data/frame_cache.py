@@ -5,8 +5,8 @@ re-read every epoch; decoding them again each time makes the CPU trainer
 input-bound. :class:`FrameCache` decodes every frame of a clip once, at the
 output size (short-side resize + centre crop), keeps it in memory, and answers
 later requests by picking the frames that :func:`decode.sample_times` chooses
-(TSN segments, uniform, fps) and flipping if asked. Random crops are not
-available from the cache (the frames are stored already cropped); flips are.
+(TSN segments, uniform, fps), zoom and flipping if asked. Random crops are not
+available from the cache (the frames are stored already cropped); flips and zoom are.
 
 Memory: ``frames x size x size x 3`` bytes per clip (a 4-second 10-fps clip
 at 64² is 0.5 MB). Each Grain worker process holds its own cache.
@@ -56,7 +56,7 @@ class FrameCache:
     # 'uniform' with as many segments as the stream has frames takes every
     # frame exactly once, at the same grid times sample_times() targets.
     full = dataclasses.replace(spec, mode="uniform", num_frames=max(info.num_frames, 1),
-                               crop="center", flip=False, short_policy="repeat")
+                               crop="center", flip=False, zoom=None, short_policy="repeat")
     clip = decode_lib.decode_video(path, full)
     with self._lock:
       self.misses += 1
@@ -85,6 +85,8 @@ class FrameCache:
     # nearest cached frame for each target time: [T]
     idx = np.abs(clip.timestamps[None, :] - targets[:, None]).argmin(axis=1)
     frames = clip.frames[idx]  # [T, size, size, 3]
+    if spec.zoom is not None:
+      frames = decode_lib.random_zoom(frames, spec.zoom, rng)  # [T, size, size, 3]
     if spec.flip and rng.random() < 0.5:
       frames = frames[:, :, ::-1]  # mirrored left-right
     repeated = len(np.unique(idx)) < len(idx)

@@ -330,7 +330,7 @@ def _item_to_record(item: Any) -> tuple[VideoRecord, Optional[bytes], str]:
 
 
 def _spec_for_eval(spec: Any) -> Any:
-  """The deterministic version of a sampling spec (uniform, centre, no flip)."""
+  """The deterministic version of a sampling spec (uniform, centre, no flip, no zoom)."""
   changes = {}
   if getattr(spec, "mode", None) == "segment":
     changes["mode"] = "uniform"
@@ -338,6 +338,8 @@ def _spec_for_eval(spec: Any) -> Any:
     changes["crop"] = "center"
   if getattr(spec, "flip", False):
     changes["flip"] = False
+  if getattr(spec, "zoom", None) is not None:
+    changes["zoom"] = None
   return dataclasses.replace(spec, **changes) if changes else spec
 
 

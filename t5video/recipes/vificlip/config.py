@@ -67,6 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.size = 224
   c.data.resize_short = 256
   c.data.flip = True
+  c.data.zoom = ()                  # (low, high): training scale jitter, one factor and centre a clip
+                                    # (decode.SamplingSpec.zoom); () off
   c.data.cache_frames = False       # decode each training clip once (centre crops)
   c.data.worker_count = 0
   c.data.read_threads = 2

@@ -178,7 +178,8 @@ class ViFiCLIPTask(task_lib.Task):
     return decode.SamplingSpec(
         num_frames=num_frames or int(d.num_frames), mode="segment" if train else "uniform",
         size=size, resize_short=resize_short,
-        crop="random" if random_crop else "center", flip=bool(d.flip) and train)
+        crop="random" if random_crop else "center", flip=bool(d.flip) and train,
+        zoom=tuple(float(z) for z in d.zoom) if train and d.get("zoom") else None)  # older runs lack it
 
   # ---- Task API --------------------------------------------------------------
 
