@@ -30,6 +30,13 @@ def test_module_imports(name):
   importlib.import_module(name)
 
 
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))),
+                         ids=os.path.basename)
+def test_benchmark_compiles(path):
+  """Benchmark scripts are run by hand, not imported by the package: at least they must compile."""
+  compile(open(path).read(), path, "exec")
+
+
 def _configs():
   return sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
 
