@@ -21,7 +21,8 @@ init; t5video/models/vificlip.py)::
 Hardware: one CPU (2 cores are enough); the dataset (1500 clips of 2-4 s on
 plain backgrounds without distractor objects) is rendered into ``data.root``
 on first use (about a minute); training reads decoded frames from memory
-(``data.cache_frames``), 3000 steps take a few minutes (``spacetime`` about 4x). ``synthetic.py:mean,tiny`` shrinks everything
+(``data.cache_frames``) and zooms each clip by a random factor in [0.8, 1.25] (``data.zoom``;
+``,nozoom`` turns it off), 3000 steps take a few minutes (``spacetime`` about 4x). ``synthetic.py:mean,tiny`` shrinks everything
 for smoke tests.
 
 ``,standins`` starts both towers (sizes, weights, tokenizer) from the project's stand-in image CLIP
@@ -47,14 +48,15 @@ NOVEL_CLASSES = ("grows", "changes colour", "moves down", "disappears")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """``arg``: 'single' | 'mean' | 'spacetime' | 'ordered', optionally ',tiny', ',textonly' and
-  ',standins'."""
+  """``arg``: 'single' | 'mean' | 'spacetime' | 'ordered', optionally ',tiny', ',textonly',
+  ',standins' and ',nozoom'."""
   parts = [p for p in (arg or "mean").split(",") if p]
   temporal = parts[0] if parts else "mean"
   tiny = "tiny" in parts[1:]
-  if temporal not in ("single", "mean", "spacetime", "ordered") or set(parts[1:]) - {"tiny", "textonly", "standins"}:
+  if temporal not in ("single", "mean", "spacetime", "ordered") or set(parts[1:]) - {"tiny", "textonly", "standins",
+                                                                                     "nozoom"}:
     raise ValueError(f"configs/vificlip/synthetic.py: arg must be single|mean|spacetime|ordered[,tiny][,textonly]"
-                     f"[,standins], got {arg!r}")
+                     f"[,standins][,nozoom], got {arg!r}")
 
   c = common.base_config()  # every key with its default; what differs is set below
   c.seed = 0
@@ -100,6 +102,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.size = 64
   c.data.resize_short = 72
   c.data.flip = False  # left/right are class-defining here
+  # Scale jitter: each training clip magnified by one factor in [0.8, 1.25] about a random centre
+  # (decode.SamplingSpec.zoom). Off-rendering closed top-1 rose with it (docs/results.md, "Scale
+  # jitter"); ',nozoom' turns it off (the setting before 2026-11-30's scale-jitter runs).
+  c.data.zoom = () if "nozoom" in parts[1:] else (0.8, 1.25)
   c.data.cache_frames = True  # decode each clip once; later epochs sample from memory (centre crops)
 
   c.eval.split = "test"
