@@ -455,6 +455,19 @@ def test_configs_load_and_validate(name, arg):
   assert "Hardware" in text or "CPU" in text  # the command itself: tests/test_hygiene.py
 
 
+def test_synthetic_config_zooms_training_clips_only():
+  from t5video.recipes.vificlip import task as task_lib  # pylint: disable=g-import-not-at-top
+  path = os.path.join(REPO, "configs/vificlip/synthetic.py")
+  on, off = cli.load_config_file(path + ":ordered,tiny"), cli.load_config_file(path + ":ordered,tiny,nozoom")
+  assert tuple(on.data.zoom) == (0.8, 1.25) and tuple(off.data.zoom) == ()
+  spec = task_lib.ViFiCLIPTask.sampling_spec  # reads only self.config
+  holder = type("Holder", (), {"config": on})()
+  assert spec(holder, True).zoom == (0.8, 1.25) and spec(holder, False).zoom is None
+  assert spec(type("Holder", (), {"config": off})(), True).zoom is None
+  with pytest.raises(ValueError, match="nozoom"):
+    cli.load_config_file(path + ":ordered,zoomed")
+
+
 @pytest.mark.slow
 def test_multi_view_decoding_and_scores(trained):
   task, params, _, root = trained
