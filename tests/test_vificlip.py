@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import flax
@@ -306,11 +307,14 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_training_beats_chance_on_held_out_classes(trained):
+def test_training_beats_chance_on_held_out_classes(trained, tmp_path):
   task, params, losses, _ = trained
   assert np.isfinite(losses).all()
   assert np.mean(losses[-10:]) < np.mean(losses[:10])
-  metrics = task.evaluate(params, step=80, workdir="")
+  metrics = task.evaluate(params, step=80, workdir=str(tmp_path))
+  saved = json.load(open(tmp_path / "eval_metrics.json"))  # what `t5video eval` leaves in the workdir
+  assert saved["step"] == 80 and saved["split"] == task.config.eval.split
+  assert saved["novel/top1"] == pytest.approx(metrics["novel/top1"])
   print("held-out metrics", metrics)
   chance = 100.0 / len(NOVEL)
   assert metrics["novel/count"] == 16

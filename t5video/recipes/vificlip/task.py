@@ -310,14 +310,17 @@ class ViFiCLIPTask(task_lib.Task):
 
 
   def evaluate(self, params, *, step: int, workdir: str) -> dict[str, float]:
-    """Runs ``eval.protocols`` on ``eval.split`` (:func:`.evaluate.run_protocols`)."""
-    del step
+    """Runs ``eval.protocols`` on ``eval.split`` (:func:`.evaluate.run_protocols`); with a workdir, also
+    writes them to ``<workdir>/eval_metrics.json``."""
     if workdir and jax.process_index() == 0 and not is_workdir(workdir):
       save_workdir_assets(self, workdir)  # a run trained without the stage driver's prepare step
     import t5video.recipes.vificlip.evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
     from t5video.evaluate import hosts  # pylint: disable=g-import-not-at-top
     metrics = evaluate_lib.run_protocols(self, jax.device_get(hosts.local_params(params)), workdir=workdir)
     if jax.process_index() == 0:
+      if workdir:  # the latest evaluation, as CaptionT5 keeps it (`t5video eval` on a copied workdir)
+        paths.write_text(paths.join(workdir, "eval_metrics.json"), json.dumps(
+            {"step": step, "split": self.config.eval.split, **metrics}, indent=2, default=float))
       print(evaluate_lib.format_table(metrics, self.config.eval.split), flush=True)
     return metrics
 
