@@ -612,10 +612,22 @@ def random_zoom(frames: np.ndarray, zoom: Sequence[float], rng: np.random.Genera
   wy = (ys - y0)[None, :, None, None].astype(np.float32)  # [1, H, 1, 1]
   wx = (xs - x0)[None, None, :, None].astype(np.float32)  # [1, 1, W, 1]
   f = frames.astype(np.float32)
-  top = f[:, y0][:, :, x0] * (1 - wx) + f[:, y0][:, :, x1] * wx  # [T, H, W, C]
-  bottom = f[:, y1][:, :, x0] * (1 - wx) + f[:, y1][:, :, x1] * wx  # [T, H, W, C]
+  upper, lower = f[:, y0], f[:, y1]  # [T, H, W, C] each: the source rows above and below
+  top = upper[:, :, x0] * (1 - wx) + upper[:, :, x1] * wx  # [T, H, W, C]
+  bottom = lower[:, :, x0] * (1 - wx) + lower[:, :, x1] * wx  # [T, H, W, C]
   out = top * (1 - wy) + bottom * wy  # [T, H, W, C]
   return np.clip(np.rint(out), 0, 255).astype(frames.dtype)
+
+
+def zoom_and_flip(frames: np.ndarray, spec: SamplingSpec,
+                  rng: Optional[np.random.Generator]) -> np.ndarray:
+  """The spec's random zoom, then its random flip, of ``[T, S, S, 3]`` cropped frames (in this order, so
+  the decoder and :class:`t5video.data.frame_cache.FrameCache` draw the same numbers)."""
+  if spec.zoom is not None:
+    frames = random_zoom(frames, spec.zoom, rng)  # [T, S, S, 3]
+  if spec.flip and rng.random() < 0.5:
+    frames = frames[:, :, ::-1]  # [T, S, S, 3], mirrored left-right
+  return frames
 
 
 def _crop_flip(frames: np.ndarray, spec: SamplingSpec,
@@ -629,11 +641,7 @@ def _crop_flip(frames: np.ndarray, spec: SamplingSpec,
   else:
     y, x = (h - s) // 2, (w - s) // 2
   out = frames[:, y:y + s, x:x + s]  # [T, size, size, 3]
-  if spec.zoom is not None:
-    out = random_zoom(out, spec.zoom, rng)  # [T, size, size, 3]
-  if spec.flip and rng.random() < 0.5:
-    out = out[:, :, ::-1]  # [T, size, size, 3], mirrored left-right
-  return np.ascontiguousarray(out)
+  return np.ascontiguousarray(zoom_and_flip(out, spec, rng))
 
 
 def decode_video(path: str, spec: SamplingSpec, *, start: Optional[float] = None,

@@ -84,11 +84,7 @@ class FrameCache:
     targets, available = decode_lib.sample_times(info, spec, ws, we, rng)
     # nearest cached frame for each target time: [T]
     idx = np.abs(clip.timestamps[None, :] - targets[:, None]).argmin(axis=1)
-    frames = clip.frames[idx]  # [T, size, size, 3]
-    if spec.zoom is not None:
-      frames = decode_lib.random_zoom(frames, spec.zoom, rng)  # [T, size, size, 3]
-    if spec.flip and rng.random() < 0.5:
-      frames = frames[:, :, ::-1]  # mirrored left-right
+    frames = decode_lib.zoom_and_flip(clip.frames[idx], spec, rng)  # [T, size, size, 3]
     repeated = len(np.unique(idx)) < len(idx)
     if repeated and spec.mode != "fps" and spec.short_policy == "error":
       raise decode_lib.VideoDecodeError(path, "too_short", f"{available} frames, {len(idx)} asked")
