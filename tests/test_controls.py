@@ -17,6 +17,7 @@ from t5video.data.records import VideoRecord
 from t5video.evaluate import controls
 from t5video.evaluate import hosts
 from t5video.train import stages
+from t5video.train import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,7 +64,7 @@ def test_prefixed_and_text_only_metrics(tmp_path):
   assert controls.text_only_metrics(str(tmp_path)) == {}  # the stage has not run
   stage = tmp_path / controls.TEXT_ONLY_STAGE
   stage.mkdir()
-  (stage / stages.DONE).write_text(json.dumps({"step": 3, "eval": m}))
+  (stage / workdir_lib.FINAL_METRICS).write_text(json.dumps({"step": 3, "eval": m}))
   assert controls.text_only_metrics(str(tmp_path))["control_text_only_top1"] == 0.25
   with pytest.raises(ValueError, match="unknown control 'other'"):
     controls.check(["other"])
@@ -164,7 +165,7 @@ def test_captiont5_reports_the_controls_and_attributes(captiont5, tmp_path, monk
   assert records[0].extra["attributes"]["actions"]  # the generator's truth reaches the records
   stage = tmp_path / controls.TEXT_ONLY_STAGE
   stage.mkdir()
-  (stage / stages.DONE).write_text(json.dumps({"eval": {"CIDEr": 0.125, "top1": 0.5, "num_examples": 6}}))
+  (stage / workdir_lib.FINAL_METRICS).write_text(json.dumps({"eval": {"CIDEr": 0.125, "top1": 0.5, "num_examples": 6}}))
   seen = []
   real = task.eval_rows
   monkeypatch.setattr(task, "eval_rows", lambda p, recs, **kw: (seen.append(list(recs)), real(p, recs, **kw))[1])
@@ -233,7 +234,7 @@ def test_the_driver_trains_the_text_only_stage_first_and_the_run_reports_it(capt
     else:
       metrics = task.evaluate(params, step=1, workdir=workdir)
     result = {"step": 1, "loss": 1.0, "preempted": False, "eval": metrics}
-    (open(os.path.join(workdir, stages.DONE), "w")).write(json.dumps(result))
+    (open(os.path.join(workdir, workdir_lib.FINAL_METRICS), "w")).write(json.dumps(result))
     return result
 
   monkeypatch.setattr(trainer, "train", fake_train)
@@ -242,7 +243,7 @@ def test_the_driver_trains_the_text_only_stage_first_and_the_run_reports_it(capt
   child = calls[0][1]
   assert child.data.constant_pixels and child.eval.controls == () and child.stages == ()
   assert child.train.num_steps == calls[1][1].train.num_steps and not calls[1][1].data.constant_pixels
-  final = json.load(open(tmp_path / "run" / stages.DONE))["eval"]
+  final = json.load(open(tmp_path / "run" / workdir_lib.FINAL_METRICS))["eval"]
   _assert_same_metrics(final, result["eval"])
   assert final["control_text_only_CIDEr"] == 0.25 and final["control_text_only_top1"] == 0.125
   assert "control_text_only_baseline_prior_top1" not in final and "control_other_frames_CIDEr" in final
@@ -337,7 +338,7 @@ def test_vificlip_trains_the_text_only_stage_and_reports_both_controls(data_root
   child = json.load(open(os.path.join(workdir, controls.TEXT_ONLY_STAGE, "config.json")))
   assert child["data"]["constant_pixels"] and child["train"]["num_steps"] == 3
   ev = result["eval"]
-  assert json.load(open(os.path.join(workdir, stages.DONE)))["eval"] == ev
+  assert json.load(open(os.path.join(workdir, workdir_lib.FINAL_METRICS)))["eval"] == ev
   for key in ("closed/top1", "t2v/R@1", "baseline_prior_closed/top1", "baseline_chance_t2v/R@1",
               "control_other_frames_closed/top1", "control_other_frames_t2v/R@1",
               "control_text_only_closed/top1", "control_text_only_t2v/R@1", "control_text_only_v2t/R@5"):

@@ -26,6 +26,7 @@ from t5video.recipes.distill import data as data_lib
 from t5video.recipes.distill import pseudo_label
 from t5video.recipes.distill.task import DistillTask
 from t5video.train import stages
+from t5video.train import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "distill", "synthetic.py")
@@ -321,17 +322,17 @@ def test_run_stages_are_called_instead_of_trained(tmp_path, monkeypatch):
       {"name": "label", "config": "", "workdir": "label", "run": f"{__name__}:_toy_stage", "overrides": {"seed": 5}},)})
   stages.train(config, str(tmp_path / "run"))
   assert calls == [("train", "run")]
-  assert json.load(open(tmp_path / "run" / "label" / stages.DONE)) == {"seed": 5}
+  assert json.load(open(tmp_path / "run" / "label" / workdir_lib.FINAL_METRICS)) == {"seed": 5}
   stages.train(config, str(tmp_path / "run"))  # done: not called again
-  assert json.load(open(tmp_path / "run" / "label" / stages.DONE)) == {"seed": 5}
+  assert json.load(open(tmp_path / "run" / "label" / workdir_lib.FINAL_METRICS)) == {"seed": 5}
   with pytest.raises(ValueError, match="nope"):
     stages.stage_function("t5video.recipes.distill.pseudo_label:nope")
 
 
 def _toy_stage(config, workdir):
-  assert not os.path.exists(os.path.join(workdir, stages.DONE)), "a finished stage ran again"
+  assert not os.path.exists(os.path.join(workdir, workdir_lib.FINAL_METRICS)), "a finished stage ran again"
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, stages.DONE), "w") as f:
+  with open(os.path.join(workdir, workdir_lib.FINAL_METRICS), "w") as f:
     json.dump({"seed": config.seed}, f)
   return {}
 
@@ -382,7 +383,7 @@ def test_pseudo_labels_resume_to_the_same_captions_and_load_as_a_dataset(prepare
   with pytest.raises(KeyboardInterrupt):
     pseudo_label.run_stage(config, killed)
   parts = sorted(os.listdir(os.path.join(killed, "parts")))
-  assert parts == ["part-00000.jsonl"] and not os.path.exists(os.path.join(killed, stages.DONE))
+  assert parts == ["part-00000.jsonl"] and not os.path.exists(os.path.join(killed, workdir_lib.FINAL_METRICS))
   stamp = os.path.getmtime(os.path.join(killed, "parts", parts[0]))
   monkeypatch.setattr(pseudo_label.Sampler, "chunk", real_chunk)
   pseudo_label.run_stage(config, killed)
@@ -404,7 +405,7 @@ def test_pseudo_labels_resume_to_the_same_captions_and_load_as_a_dataset(prepare
   assert manifest["counts"] == {"clips": len(unlabelled), "labelled": len(unlabelled), "failed": 0,
                                 "captions": k * len(unlabelled)}
   assert manifest["throughput"]["clips_per_s"] > 0
-  assert json.load(open(os.path.join(straight, stages.DONE)))["eval"]["pseudo_clips"] == len(unlabelled)
+  assert json.load(open(os.path.join(straight, workdir_lib.FINAL_METRICS)))["eval"]["pseudo_clips"] == len(unlabelled)
 
   # What the pseudo-captions say, scored against the generator's truth of the same clips: the
   # untrained teacher's are mostly wrong; the clips' own reference captions are right.

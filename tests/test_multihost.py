@@ -15,13 +15,18 @@ count (``data.global_order``). Proven here:
 * both processes SIGKILLed after a checkpoint, both restarted: the job resumes
   from that checkpoint and goes on exactly as the uninterrupted run;
 * one process SIGKILLed: the other stops with JAX's "another task died" error
-  within the heartbeat timeout instead of hanging.
+  within the heartbeat timeout instead of hanging;
+* a staged run (stage 0's ViFi-CLIP, then CaptionT5: the smoke config) ends on
+  2 processes, every process agreeing that stage 0 is done; one process killed
+  in the second stage, both restarted, it finishes with the losses of 1 process x
+  4 devices.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -172,3 +177,64 @@ def test_two_processes_match_one_process_and_resume_after_both_are_killed(
   order = grain.MapDataset.range(256).shuffle(seed=0).repeat(None).batch(BATCH, drop_remainder=True)
   for k in common:
     assert reads[0][k] + reads[1][k] == np.asarray(order[k]).tolist(), k
+
+
+# The smoke config shortened: stage 0 (ViFi-CLIP) and CaptionT5, each a few steps.
+STAGED = [os.path.join(REPO, "configs", "captiont5", "synthetic.py") + ":runlocal",
+          "--config.thoughts.clip_stage.num_steps=6", "--config.train.num_steps=12",
+          "--config.train.log_every=1", "--config.train.checkpoint_every=6", "--config.eval.max_examples=4"]
+
+
+def _staged_cmd(workdir: str) -> list[str]:
+  return [sys.executable, "-m", "t5video.cli", "train", "--config", STAGED[0], *STAGED[1:],
+          "--workdir", workdir]
+
+
+def _start_staged(workdir: str, heartbeat_s: int = 100) -> list[subprocess.Popen]:
+  port = _free_port()
+  procs = []
+  for i in range(2):
+    env = _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i), T5VIDEO_HEARTBEAT_TIMEOUT_S=str(heartbeat_s))
+    with open(f"{workdir}.process_{i}.log", "a") as log:
+      procs.append(subprocess.Popen(_staged_cmd(workdir), cwd=REPO, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT))
+  return procs
+
+
+@pytest.mark.slow
+def test_staged_run_ends_on_two_processes_and_resumes_after_one_is_killed(tmp_path):
+  reference = str(tmp_path / "one")
+  out = subprocess.run(_staged_cmd(reference), cwd=REPO, env=_env(4), capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  expected = engine_toy.read_metrics(reference)
+  assert sorted(expected) == list(range(1, 13))
+
+  workdir = str(tmp_path / "two")
+  procs = _start_staged(workdir, heartbeat_s=10)
+  second_stage_checkpoint = os.path.join(workdir, "checkpoints", "6")
+  _wait_for(lambda: os.path.isdir(second_stage_checkpoint), procs, timeout=600)
+  assert os.path.isfile(os.path.join(workdir, "vificlip", "final_metrics.json"))
+  procs[1].send_signal(signal.SIGKILL)
+  procs[1].wait(timeout=60)
+  # The survivor does not hang: it stops once the heartbeat misses the dead process.
+  procs[0].wait(timeout=120)
+  assert procs[0].returncode != 0
+  assert not os.path.exists(os.path.join(workdir, "final_metrics.json")), "killed too late"
+
+  procs = _start_staged(workdir)
+  _wait_all(procs, workdir, timeout=600)
+  log0 = _log(workdir, 0)  # both starts' output
+  assert log0.count("stage vificlip:") == 1, "stage 0 trained again after the restart"
+  assert re.search(r"resuming from step (6|12)\b", log0), log0[-3000:]
+  got = engine_toy.read_metrics(workdir)
+  assert sorted(got) == list(range(1, 13))
+  for step in range(1, 13):
+    np.testing.assert_allclose(got[step]["loss"], expected[step]["loss"], rtol=2e-4, err_msg=step)
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    final = json.load(f)
+  with open(os.path.join(reference, "final_metrics.json")) as f:
+    final_reference = json.load(f)
+  assert final["step"] == final_reference["step"] == 12
+  np.testing.assert_allclose(final["loss"], final_reference["loss"], rtol=2e-4)

@@ -168,6 +168,41 @@ def test_sharding_covers_dataset_disjointly(n, shards):
   assert len(steps) == 1
 
 
+@pytest.mark.parametrize("balance", [None, "class_balanced", "oversample"])
+def test_global_batches_are_the_same_for_any_process_count(balance):
+  """Training streams: P processes of b rows read the blocks of the batches 1 process of P*b reads,
+  with the same decode positions (so the same frames), and each closes its epochs' accounting."""
+  labels = ["head"] * 17 + ["mid"] * 6 + ["tail"] * 3  # 26 clips: epochs cross batch boundaries
+  src = DictSource(labels)
+  kw = dict(seed=4, balance=balance)
+  one = _take(pipeline.make_loader(src, batch_size=6, shard_index=0, shard_count=1, **kw), 12)
+  blocks = [_take(pipeline.make_loader(src, batch_size=2, shard_index=k, shard_count=3, **kw), 12)
+            for k in range(3)]
+  for step, batch in enumerate(one):
+    for key in ("index", "epoch", "position"):
+      joined = np.concatenate([blocks[k][step][key] for k in range(3)])
+      np.testing.assert_array_equal(joined, batch[key], err_msg=f"{key} at batch {step}")
+  # Each process's share of every epoch adds up to the epoch (the accounting closes them).
+  it = pipeline.make_loader(src, batch_size=2, shard_index=1, shard_count=3, **kw)
+  _take(it, 40)
+  closed = [e["epoch"] for e in it.failures.completed_epochs]
+  assert closed[:3] == [0, 1, 2], closed
+  plan = pipeline._EpochPlan(slots=np.arange(26), epoch_len=26, seed=0, shard_index=0,  # pylint: disable=protected-access
+                             shuffle=True, class_ids=None, global_batches=(1, 3, 2))
+  for epoch in range(5):
+    assert sum(pipeline._EpochPlan(slots=np.arange(26), epoch_len=26, seed=0, shard_index=0,  # pylint: disable=protected-access
+                                   shuffle=True, class_ids=None, global_batches=(k, 3, 2)
+                                   ).local_slots(epoch) for k in range(3)) == 26
+  counted = collections.Counter(divmod(plan.global_position(i), 26)[0] for i in range(200))
+  assert all(counted[e] == plan.local_slots(e) for e in range(5))
+
+
+def test_evaluation_streams_keep_strided_shards():
+  with pytest.raises(ValueError, match="endless stream"):
+    pipeline.make_loader(DictSource(["a"] * 4), batch_size=2, seed=0, num_epochs=1,
+                         shard_index=0, shard_count=2, global_batches=True)
+
+
 def _label_freqs(balance, seed=0, batches=60, **kw):
   labels = ["head"] * 80 + ["mid"] * 15 + ["tail"] * 5
   src = DictSource(labels)

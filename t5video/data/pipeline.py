@@ -19,7 +19,12 @@ Design choices (documented because the trainer and evaluators depend on them):
   function of ``(seed, shard_index, epoch, pos)``, so the plan is random-access
   and Grain's iterator state (the next position, per worker) is all that is
   needed to resume exactly, with or without worker processes.
-* **Multi-host sharding.** Process ``k`` of ``K`` owns the strided slice
+* **Global batches** (endless streams, i.e. training): every process computes
+  the same global order (the stream ``(seed, 0, epoch)``) and process ``k`` of
+  ``K`` reads rows ``[k*b, (k+1)*b)`` of every global batch of ``K*b`` rows,
+  the rows its devices own. A run sees the same global batches, and the same
+  frames, on any number of hosts; with one process nothing changes.
+* **Multi-host sharding** (finite epochs, i.e. evaluation). Process ``k`` of ``K`` owns the strided slice
   ``indices[k::K]`` of the (possibly oversampled) index list. Shards are padded
   to the same length ``ceil(n / K)`` with *padding slots* (index ``-1``), so all
   hosts produce the same number of batches (a mismatch hangs collectives).
@@ -142,11 +147,14 @@ class DecodeFailures:
 
   def __init__(self, *, epoch_len: Optional[int] = None,
                max_failure_ratio: Optional[float] = None,
-               max_paths: int = 10_000):
+               max_paths: int = 10_000,
+               epoch_slots: Optional[Callable[[int], int]] = None):
     if max_failure_ratio is not None and not 0.0 <= max_failure_ratio <= 1.0:
       raise ValueError(
           f"max_failure_ratio must be in [0, 1], got {max_failure_ratio}")
     self.epoch_len = epoch_len
+    # epoch -> how many of its slots this process sees (default: epoch_len each)
+    self.epoch_slots = epoch_slots
     self.max_failure_ratio = max_failure_ratio
     self.max_paths = max_paths
     self.counts: collections.Counter[str] = collections.Counter()
@@ -203,10 +211,11 @@ class DecodeFailures:
     self._check_open_epochs()
 
   def _close_complete_epochs(self) -> None:
-    if not self.epoch_len:
+    if not self.epoch_len and self.epoch_slots is None:
       return
     for epoch in sorted(self._epochs):
-      if self._epochs[epoch]["slots"] >= self.epoch_len:
+      slots = self.epoch_slots(epoch) if self.epoch_slots is not None else self.epoch_len
+      if self._epochs[epoch]["slots"] >= slots:
         self.close_epoch(epoch)
 
   def close_epoch(self, epoch: int) -> None:
@@ -571,9 +580,13 @@ class _EpochPlan:
 
   def __init__(self, *, slots: np.ndarray, epoch_len: int, seed: int,
                shard_index: int, shuffle: bool,
-               class_ids: Optional[np.ndarray]):
+               class_ids: Optional[np.ndarray],
+               global_batches: Optional[tuple[int, int, int]] = None):
     self.slots = slots              # [epoch_len] indices (-1: padding slot)
     self.epoch_len = epoch_len
+    # (process, processes, rows per process): local positions read this process's block of
+    # every global batch of one global order (then ``slots``/``epoch_len`` are global).
+    self.global_batches = global_batches
     self.seed = seed
     self.shard_index = shard_index
     self.shuffle = shuffle
@@ -626,8 +639,28 @@ class _EpochPlan:
       order[where] = members[np.arange(len(where)) % len(members)]
     return order
 
+  def global_position(self, i: int) -> int:
+    """The position in the global stream of this process's ``i``-th element."""
+    if self.global_batches is None:
+      return int(i)
+    process, processes, rows = self.global_batches
+    k, offset = divmod(int(i), rows)  # the k-th batch, its offset-th row on this process
+    return (k * processes + process) * rows + offset
+
+  def local_slots(self, epoch: int) -> int:
+    """How many slots of ``epoch`` this process reads."""
+    if self.global_batches is None:
+      return self.epoch_len
+    process, processes, rows = self.global_batches
+    period, lo = processes * rows, process * rows
+
+    def before(g):  # positions < g in this process's blocks
+      return (g // period) * rows + min(max(g % period - lo, 0), rows)
+
+    return before((epoch + 1) * self.epoch_len) - before(epoch * self.epoch_len)
+
   def __call__(self, i: int, _: Any) -> dict[str, Any]:
-    epoch, pos = divmod(int(i), self.epoch_len)
+    epoch, pos = divmod(self.global_position(i), self.epoch_len)
     index = int(self.epoch_order(epoch)[pos])
     return {"index": index, "epoch": epoch, "position": pos}
 
@@ -811,16 +844,19 @@ class _AccountingIterator(grain.DatasetIterator):
 class _AccountingDataset(grain.IterDataset):
 
   def __init__(self, parent: grain.IterDataset, epoch_len: int,
-               max_failure_ratio: Optional[float]):
+               max_failure_ratio: Optional[float],
+               epoch_slots: Optional[Callable[[int], int]] = None):
     super().__init__(parent)
     self._epoch_len = epoch_len
     self._max_failure_ratio = max_failure_ratio
+    self._epoch_slots = epoch_slots
 
   def __iter__(self) -> _AccountingIterator:
     return _AccountingIterator(
         self._parent.__iter__(),
         DecodeFailures(epoch_len=self._epoch_len,
-                       max_failure_ratio=self._max_failure_ratio))
+                       max_failure_ratio=self._max_failure_ratio,
+                       epoch_slots=self._epoch_slots))
 
   def __str__(self) -> str:
     return "DecodeFailureAccounting"
@@ -852,7 +888,8 @@ class LoaderPlan:
     steps_per_epoch: batches per epoch on this process (with
       ``drop_remainder``, rounded down; else up).
     shard_indices: the record indices this process owns in epoch order
-      before shuffling (-1: padding slot; empty for class_balanced).
+      before shuffling (-1: padding slot; empty for class_balanced; with
+      global batches every index, which all processes share).
     class_names: label names (balanced modes), else empty.
   """
   epoch_len: int
@@ -913,6 +950,7 @@ def make_loader(
     read_threads: int = 4,
     worker_buffer_size: int = 2,
     return_plan: bool = False,
+    global_batches: Optional[bool] = None,
 ):
   """Builds a checkpointable iterator of batches.
 
@@ -945,6 +983,9 @@ def make_loader(
     read_threads: threads decoding inside each process.
     worker_buffer_size: batches buffered per worker process.
     return_plan: also return a :class:`LoaderPlan`.
+    global_batches: every process reads its block of each global batch of
+      one global order (see the module doc); default: for endless streams
+      (``num_epochs=None``). Otherwise each process owns a strided shard.
 
   Returns:
     A Grain ``DatasetIterator`` of batches (``get_state()``/``set_state()``
@@ -970,13 +1011,26 @@ def make_loader(
     label_fn = label_fn or _default_label
     class_ids, class_names = _class_ids([label_fn(source[i]) for i in range(n)],
                                         n)
-  slots, epoch_len = plan_epochs(
-      n, shard_index=shard_index, shard_count=shard_count, balance=balance,
-      class_ids=class_ids, oversample_floor=oversample_floor)
-  plan = _EpochPlan(
-      slots=slots, epoch_len=epoch_len, seed=seed, shard_index=shard_index,
-      shuffle=shuffle,
-      class_ids=class_ids if balance == "class_balanced" else None)
+  if global_batches is None:
+    global_batches = num_epochs is None
+  if global_batches and num_epochs is not None:
+    raise ValueError("global_batches needs an endless stream (num_epochs=None)")
+  if global_batches:  # one global plan; this process reads its rows of every global batch
+    slots, epoch_len = plan_epochs(n, shard_index=0, shard_count=1, balance=balance,
+                                   class_ids=class_ids, oversample_floor=oversample_floor)
+    plan = _EpochPlan(
+        slots=slots, epoch_len=epoch_len, seed=seed, shard_index=0, shuffle=shuffle,
+        class_ids=class_ids if balance == "class_balanced" else None,
+        global_batches=(shard_index, shard_count, batch_size))
+    epoch_len = math.ceil(epoch_len / shard_count)  # about this process's share of an epoch
+  else:
+    slots, epoch_len = plan_epochs(
+        n, shard_index=shard_index, shard_count=shard_count, balance=balance,
+        class_ids=class_ids, oversample_floor=oversample_floor)
+    plan = _EpochPlan(
+        slots=slots, epoch_len=epoch_len, seed=seed, shard_index=shard_index,
+        shuffle=shuffle,
+        class_ids=class_ids if balance == "class_balanced" else None)
 
   ds = grain.MapDataset.range(epoch_len)
   ds = ds.repeat(num_epochs)
@@ -991,7 +1045,8 @@ def make_loader(
   if worker_count > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
-  it_ds = _AccountingDataset(it_ds, epoch_len, max_failure_ratio)
+  it_ds = _AccountingDataset(it_ds, epoch_len, max_failure_ratio,
+                             epoch_slots=plan.local_slots if global_batches else None)
   iterator = iter(it_ds)
   if not return_plan:
     return iterator

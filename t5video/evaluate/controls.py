@@ -39,6 +39,7 @@ import numpy as np
 
 from t5video.data.records import VideoRecord
 from t5video.train import paths
+from t5video.train import workdir as workdir_lib
 
 CONTROLS = ("other_frames", "text_only")
 TEXT_ONLY_STAGE = "control_text_only"  # the stage's name and sub-workdir
@@ -109,7 +110,7 @@ def text_only_metrics(workdir: Optional[str]) -> dict[str, float]:
   """``control_text_only_<metric>`` from the stage's ``final_metrics.json`` (empty when it has none)."""
   if not workdir:
     return {}
-  path = paths.join(workdir, TEXT_ONLY_STAGE, "final_metrics.json")
+  path = workdir_lib.final_metrics_path(paths.join(workdir, TEXT_ONLY_STAGE))
   if not paths.exists(path):
     return {}
   return prefixed("text_only", json.loads(paths.read_text(path)).get("eval") or {})

@@ -26,8 +26,11 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+import numpy as np
+
 import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 _initialized = False
 
@@ -103,3 +106,17 @@ def maybe_initialize(env: Mapping[str, str] | None = None) -> bool:
   logging.info("process %d of %d; %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+def agree(flag: bool, *, rule: str) -> bool:
+  """One answer for every process of the job: ``rule`` 'any' (true where any process's
+  ``flag`` is) or 'process_0' (process 0's ``flag``). One process: ``flag`` itself.
+
+  Every process must call it at the same point (it is a collective).
+  """
+  if rule not in ("any", "process_0"):
+    raise ValueError(f"rule must be 'any' or 'process_0', got {rule!r}")
+  if jax.process_count() == 1:
+    return bool(flag)
+  flags = multihost_utils.process_allgather(np.asarray(int(bool(flag)), np.int32))  # [processes]
+  return bool(np.any(flags)) if rule == "any" else bool(flags[0])

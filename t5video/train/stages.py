@@ -10,7 +10,10 @@ CaptionT5's video-text CLIP, one per fold), each a dict::
 the config once), saves ``<workdir>/config.json``, then trains each stage in its
 own sub-workdir (own checkpoints, own resume) and finally the config itself in
 ``workdir``. A stage whose sub-workdir holds ``final_metrics.json`` is done; an
-interrupted run started again resumes at the first unfinished stage. Trainers
+interrupted run started again resumes at the first unfinished stage. In a
+multi-process job every process takes the same decision: process 0 (which
+writes the marker) says whether a stage is done, and a stage is preempted when
+any process says so, both agreed through JAX's collectives after each stage. Trainers
 run one after the other, never one inside another.
 
 A stage whose ``config`` is empty is the run's own resolved config with the
@@ -36,11 +39,12 @@ from jax.experimental import multihost_utils
 import ml_collections
 
 from t5video import config as config_lib
+from t5video.train import distributed
 from t5video.train import paths
 from t5video.train import task as task_lib
 from t5video.train import trainer
+from t5video.train import workdir as workdir_lib
 
-DONE = "final_metrics.json"  # written by trainer.train when a run ends
 
 
 def _plain(x) -> Any:
@@ -83,10 +87,6 @@ def stage_function(spec: str) -> Callable[[ml_collections.ConfigDict, str], Mapp
   return fn
 
 
-def is_done(workdir: str) -> bool:
-  return paths.exists(paths.join(workdir, DONE))
-
-
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
   """The recipe's prepare step (assets, resolved config), then ``workdir/config.json``.
 
@@ -122,7 +122,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   for stage in config.get("stages", ()) or ():
     stage = _plain(stage)
     sub = paths.join(workdir, stage["workdir"])
-    if is_done(sub):
+    if workdir_lib.is_done(sub):
       continue
     print(f"stage {stage['name']}: {stage.get('run') or stage['config'] or 'the run config with its overrides'}"
           f" in {sub}", flush=True)
@@ -130,6 +130,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       result = dict(stage_function(stage["run"])(stage_config(stage, parent=config), sub) or {})
     else:
       result = train(stage_config(stage, parent=config), sub)
-    if result.get("preempted") or not is_done(sub):
+    preempted = distributed.agree(bool(result.get("preempted")), rule="any")
+    if preempted or not workdir_lib.is_done(sub):
       return {**result, "preempted": True, "stage": stage["name"]}
   return trainer.train(config, workdir)

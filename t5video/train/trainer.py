@@ -48,6 +48,7 @@ from t5video.train import optim as optim_lib
 from t5video.train import paths
 from t5video.train import sharding as sharding_lib
 from t5video.train import task as task_lib
+from t5video.train import workdir as workdir_lib
 
 # Training compute dtypes (float16 has no loss scaling here).
 DTYPES = {k: layers.DTYPES[k] for k in ("float32", "bfloat16")}
@@ -441,11 +442,7 @@ def _preempted(preemption: _Preemption, ckpt: checkpoint_lib.Checkpointer, step:
     return preemption.requested
   if ckpt.reached_preemption(step):
     return True
-  if check_all:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    flags = multihost_utils.process_allgather(np.asarray(int(preemption.requested), np.int32))
-    return bool(np.any(flags))
-  return False
+  return check_all and distributed.agree(preemption.requested, rule="any")
 
 
 def _fetch(tree):
@@ -546,6 +543,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           f"no checkpoint was written after it: the last good checkpoint is "
           f"{workdir}/checkpoints/{ckpt.latest_step()}")
 
+  final_path = workdir_lib.final_metrics_path(workdir)
+  if step >= t.num_steps and not workdir_lib.is_done(workdir):
+    # Stopped after its last checkpoint and before its marker: evaluate again so the run ends.
+    result["eval"] = dict(engine.task.evaluate(state["params"], step=step, workdir=workdir) or {})
+
   # ---- the loop --------------------------------------------------------------
   try:
     with _Preemption() as preemption:
@@ -639,5 +641,5 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     gc.collect()
   if is_main and not result["preempted"] and (result["loss"] is not None or result["eval"]):
     # The marker of a finished run (a stage of a larger recipe checks it before training again).
-    paths.write_text(paths.join(workdir, "final_metrics.json"), json.dumps(result, indent=2, default=float))
+    paths.write_text(final_path, json.dumps(result, indent=2, default=float))
   return result

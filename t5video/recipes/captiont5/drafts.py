@@ -33,7 +33,7 @@ import ml_collections
 
 from t5video.data.records import fraction_subset
 from t5video.train import paths
-from t5video.train.stages import DONE  # the stage driver's "finished" file
+from t5video.train import workdir as workdir_lib
 
 DRAFT_MODEL = "draft_model"   # the stage that trains the draft model
 DRAFTS = "drafts"             # the stage that decodes the training clips' drafts
@@ -118,7 +118,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   if jax.process_index() == 0:
     paths.makedirs(workdir)
     paths.write_text(paths.join(workdir, FILE), "".join(json.dumps(r) + "\n" for r in rows))
-    paths.write_text(paths.join(workdir, DONE), json.dumps(result, indent=2))
+    paths.write_text(workdir_lib.final_metrics_path(workdir), json.dumps(result, indent=2))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"drafts done {workdir}")
   return result

@@ -33,6 +33,7 @@ import ml_collections
 
 from t5video.recipes.vificlip import evaluate as vificlip_evaluate
 from t5video.train import paths
+from t5video.train import workdir as workdir_lib
 
 TEACHER_KEYS = ("CIDEr", "BLEU-4", "ROUGE-L", "METEOR", "control_other_frames_CIDEr", "baseline_caption_CIDEr",
                 "qa_accuracy", "control_other_frames_qa_accuracy", "baseline_prior_qa_accuracy")
@@ -61,7 +62,7 @@ def run(task, params, workdir: Optional[str] = None) -> dict[str, float]:
     out["baseline_chance_zeroshot_top1"] = 100.0 / len(task.novel_classes)
   t = task.config.teacher
   if t.workdir:
-    teacher = _stage_metrics(os.path.join(t.workdir, "final_metrics.json"))
+    teacher = _stage_metrics(workdir_lib.final_metrics_path(t.workdir))
     out.update({f"teacher_{k}": float(teacher[k]) for k in TEACHER_KEYS if k in teacher})
   p = task.config.pseudo
   if p.dir and paths.exists(os.path.join(p.dir, "manifest.json")):

@@ -58,9 +58,9 @@ import numpy as np
 from t5video.data.records import VideoRecord
 from t5video.recipes.distill import data as data_lib
 from t5video.train import paths
+from t5video.train import workdir as workdir_lib
 
 VERSION = 1
-DONE = "final_metrics.json"
 PARTS = "parts"
 
 
@@ -87,7 +87,7 @@ def teacher_identity(task, workdir: str) -> dict[str, Any]:
   workdir = paths.normalize(workdir)
   cfg_text = paths.read_text(paths.join(workdir, "config.json"))
   step = None
-  done = paths.join(workdir, DONE)
+  done = workdir_lib.final_metrics_path(workdir)
   if paths.exists(done):
     step = json.loads(paths.read_text(done)).get("step")
   c = task.config
@@ -294,7 +294,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
                      "pseudo_failed": float(manifest["counts"]["failed"]),
                      "pseudo_clips_per_s": float(manifest["throughput"]["clips_per_s"])}}
   if jax.process_index() == 0:
-    paths.write_text(os.path.join(workdir, DONE), json.dumps(result, indent=2))
+    paths.write_text(workdir_lib.final_metrics_path(workdir), json.dumps(result, indent=2))
   _barrier(f"pseudo-label done {workdir}")
   return result
 
