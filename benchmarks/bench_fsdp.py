@@ -72,6 +72,10 @@ class BenchTask(task_lib.Task):
   def batch_spec(self):
     return {"x": ("act_batch", "act_embed"), "y": ("act_batch",)}
 
+  def example_shapes(self):
+    return {"x": jax.ShapeDtypeStruct((self.config.model.embed,), np.float32),
+            "y": jax.ShapeDtypeStruct((), np.int32)}
+
   def train_loader(self, *, seed, process_index, process_count, batch_size):
     embed = self.config.model.embed
 

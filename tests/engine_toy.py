@@ -91,6 +91,11 @@ class ToyTask(task_lib.Task):
     return {"x": ("act_batch", "act_len", "act_embed"), "y": ("act_batch",),
             "index": ("act_batch",)}
 
+  def example_shapes(self):
+    m = self.config.model
+    return {"x": jax.ShapeDtypeStruct((m.length, m.embed), np.float32),
+            "y": jax.ShapeDtypeStruct((), np.int32), "index": jax.ShapeDtypeStruct((), np.int32)}
+
   def train_loader(self, *, seed, process_index, process_count, batch_size):
     m, d = self.config.model, self.config.data
     x, y = make_arrays(d.num_examples, m.length, m.embed, m.classes, seed=1234)

@@ -44,6 +44,26 @@ def test_too_big_a_config_stops_before_allocating(tmp_path, monkeypatch):
   assert not os.path.isdir(tmp_path / "run" / "checkpoints" / "0")
 
 
+def test_the_check_speaks_before_the_loader_exists(tmp_path, monkeypatch):
+  """Nothing batch-sized is made before the step and the input buffers are known to fit: the
+  loader (whose read-ahead of a too-large batch is what the kernel killed) is never built."""
+  monkeypatch.delenv("T5VIDEO_SKIP_MEMORY_CHECK", raising=False)
+
+  def no_loader(self, **kw):
+    raise AssertionError("train_loader was called before the memory check")
+
+  monkeypatch.setattr(engine_toy.ToyTask, "train_loader", no_loader)
+  # The step itself fits; the host buffers of 2 x 8 x 4096 x 4096 fp32 rows (10 GiB) do not fit in 1.
+  config = engine_toy.load_config(**{"train.batch_size": 8, "model.length": 4096, "model.embed": 4096})
+  monkeypatch.setattr(memory, "available_bytes", lambda devices=None: (1 << 30, 1))
+  monkeypatch.setattr(memory, "compiled_need", lambda compiled: memory.Need(1 << 20, 0, 0, 1 << 20))
+  with pytest.raises(memory.DoesNotFitError, match=r"the input pipeline's buffers (\d+\.\d+)") as e:
+    trainer.train(config, str(tmp_path / "run"))
+  assert "1.0 GiB are free" in str(e.value)
+  buffers = float(e.value.args[0].split("the input pipeline's buffers ")[1].split(")")[0])
+  assert buffers == pytest.approx((2 * 8 + 8) * 4096 * 4096 * 4 / memory.GiB, rel=0.01)
+
+
 @too_big_here
 def test_too_big_a_config_is_one_line_from_the_cli(tmp_path):
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "tests"), REPO]))
@@ -63,9 +83,9 @@ def test_fit_checked_compiles_once_per_signature_and_stops_too_big_a_batch(monke
   calls = []
   real_check = memory.check_fits
 
-  def counting_check(compiled, config, *, what):
+  def counting_check(compiled, config, *, what, **kw):
     calls.append(what)
-    return real_check(compiled, config, what=what)
+    return real_check(compiled, config, what=what, **kw)
 
   monkeypatch.setattr(memory, "check_fits", counting_check)
   f = memory.FitChecked(jax.jit(lambda x, k: x * k, static_argnums=1), {"eval": {"batch_size": 8}},

@@ -929,6 +929,20 @@ def plan_epochs(num_records: int, *, shard_index: int, shard_count: int,
   return slots, per_shard
 
 
+def read_ahead_examples(batch_size: int) -> int:
+  """Examples each reading process decodes ahead of the batch being built."""
+  return max(2 * batch_size, 8)
+
+
+def loader_buffer_bytes(example_bytes: int, batch_size: int, *, worker_count: int = 0,
+                        worker_buffer_size: int = 2) -> int:
+  """Host memory :func:`make_loader`'s buffers hold at most, for examples of ``example_bytes``:
+  every reading process's read-ahead, the batches the workers buffer, the batch in hand."""
+  examples = read_ahead_examples(batch_size) * max(1, worker_count)
+  batches = worker_count * worker_buffer_size + 1
+  return int(example_bytes) * (examples + batches * batch_size)
+
+
 def make_loader(
     records: Any,
     *,
@@ -1038,7 +1052,7 @@ def make_loader(
   ds = ds.map(_Lookup(source))
   ds = ds.map(_Transform(transform or PassThrough(), extra_transforms))
   it_ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size, 8)))
+      num_threads=read_threads, prefetch_buffer_size=read_ahead_examples(batch_size)))
   it_ds = it_ds.batch(
       batch_size, drop_remainder=drop_remainder,
       batch_fn=_Collate(batch_size if pad_to_batch else None))

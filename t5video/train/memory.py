@@ -105,8 +105,14 @@ def _knobs(config) -> str:
   return ", ".join(parts)
 
 
-def check_fits(compiled, config, *, what: str = "the training step") -> Need | None:
+def check_fits(compiled, config, *, what: str = "the training step", host_bytes: int = 0,
+               host_what: str = "the input pipeline's buffers") -> Need | None:
   """Raises :class:`DoesNotFitError` when ``compiled`` cannot fit in free memory.
+
+  ``host_bytes`` is what the process holds in host RAM besides XLA's buffers
+  (e.g. :func:`t5video.data.pipeline.loader_buffer_bytes`): on CPU it shares
+  host RAM with the devices' buffers; beside an accelerator it is checked
+  against host RAM on its own.
 
   Returns XLA's per-device estimate (None when the backend gives none or the
   check is skipped).
@@ -114,20 +120,27 @@ def check_fits(compiled, config, *, what: str = "the training step") -> Need | N
   if os.environ.get("T5VIDEO_SKIP_MEMORY_CHECK", "") not in ("", "0"):
     return None
   need = compiled_need(compiled)
-  if need is None:
-    return None
   free, sharing = available_bytes()
-  if free is None:
+  advice = f"{_knobs(config)} (T5VIDEO_SKIP_MEMORY_CHECK=1 trusts the config anyway)"
+  if jax.local_devices()[0].platform == "cpu":  # the devices' buffers and the host's share RAM
+    device_bytes = need.total * sharing if need is not None else 0
+    if free is not None and device_bytes + host_bytes > free:
+      parts = [f"{host_what} {host_bytes / GiB:.2f}"] if host_bytes else []
+      if need is not None:
+        parts.insert(0, f"{sharing} local device{'s' * (sharing > 1)} x {need.total / GiB:.2f} GiB in host RAM: state and "
+                        f"inputs {need.arguments / GiB:.2f}, temporaries {need.temporaries / GiB:.2f}")
+      raise DoesNotFitError(f"{what} needs {(device_bytes + host_bytes) / GiB:.1f} GiB "
+                            f"({'; '.join(parts)}) but {free / GiB:.1f} GiB are free: {advice}")
     return need
-  needed = need.total * sharing
-  if needed > free:
-    where = (f"{sharing} local devices x {need.total / GiB:.2f} GiB in host RAM" if sharing > 1
-             else f"{need.total / GiB:.2f} GiB per device")
+  if need is not None and free is not None and need.total > free:
     raise DoesNotFitError(
-        f"{what} needs {needed / GiB:.1f} GiB ({where}: state and inputs "
+        f"{what} needs {need.total / GiB:.1f} GiB per device (state and inputs "
         f"{need.arguments / GiB:.2f}, temporaries {need.temporaries / GiB:.2f}) but "
-        f"{free / GiB:.1f} GiB are free: {_knobs(config)} "
-        f"(T5VIDEO_SKIP_MEMORY_CHECK=1 trusts the config anyway)")
+        f"{free / GiB:.1f} GiB are free: {advice}")
+  host_free = host_available_bytes()
+  if host_bytes and host_free is not None and host_bytes > host_free:
+    raise DoesNotFitError(f"{what}: {host_what} need {host_bytes / GiB:.1f} GiB of host RAM but "
+                          f"{host_free / GiB:.1f} GiB are free: {advice}")
   return need
 
 

@@ -33,7 +33,7 @@ class Task(abc.ABC):
   """What a recipe gives the trainer. Constructed as ``Task(config)``.
 
   Subclasses must implement the abstract ``init_params``, ``batch_spec``,
-  ``train_loader`` and ``loss_fn``; ``load_pretrained``, ``evaluate`` and ``flops_per_example``
+  ``example_shapes``, ``train_loader`` and ``loss_fn``; ``load_pretrained``, ``evaluate`` and ``flops_per_example``
   have working defaults.
   """
 
@@ -104,6 +104,16 @@ class Task(abc.ABC):
 
     Example: ``{'frames': ('act_batch', 'act_frames', None, None, None),
     'labels': ('act_batch', 'act_len')}``.
+    """
+
+  @abc.abstractmethod
+  def example_shapes(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shape (without the batch axis) and dtype of one example of every batch key.
+
+    From the config alone (no data read): the trainer and ``t5video compile``
+    build and check the step from these before any batch exists, and every
+    batch the loader yields must match them. The keys are ``batch_spec``'s.
+    Example: ``{'frames': ShapeDtypeStruct((8, 224, 224, 3), uint8), ...}``.
     """
 
   @abc.abstractmethod

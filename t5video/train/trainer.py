@@ -39,6 +39,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from t5video import config as config_lib
+from t5video.data import pipeline as pipeline_lib
 from t5video.models import layers
 from t5video.train import checkpoint as checkpoint_lib
 from t5video.train import distributed
@@ -172,6 +173,8 @@ class Engine:
     state_shardings: NamedShardings of the train state.
     abstract_state: ``ShapeDtypeStruct`` tree of the state, shardings attached.
     batch_shardings: per batch key.
+    abstract_batch: ``ShapeDtypeStruct`` of every key of the global batch
+      (``task.example_shapes()`` with ``train.batch_size`` rows), shardings attached.
   """
   config: ml_collections.ConfigDict
   task: task_lib.Task
@@ -184,6 +187,7 @@ class Engine:
   state_shardings: dict
   abstract_state: dict
   batch_shardings: dict[str, NamedSharding]
+  abstract_batch: dict[str, jax.ShapeDtypeStruct]
   _step_fn: Any = None
   _compiled: Any = None
 
@@ -229,9 +233,17 @@ class Engine:
           raise ValueError(f"{type(task).__name__}.batch_spec()[{key!r}] must start with 'act_batch', "
                            f"got {axes!r}")
       batch_shardings = sharding_lib.batch_shardings(spec, mesh, rules)
+      examples = task.example_shapes()
+      if set(examples) != set(spec):
+        raise ValueError(f"{type(task).__name__}.example_shapes() keys {sorted(examples)} differ from "
+                         f"batch_spec() keys {sorted(spec)}")
+      abstract_batch = {
+          k: jax.ShapeDtypeStruct((t.batch_size,) + tuple(v.shape), v.dtype, sharding=batch_shardings[k])
+          for k, v in examples.items()}
     return cls(config=config, task=task, mesh=mesh, rules=rules, tx=tx, labels=labels,
                schedule=schedule, abstract_params_boxed=boxed, state_shardings=state_shardings,
-               abstract_state=abstract_state, batch_shardings=batch_shardings)
+               abstract_state=abstract_state, batch_shardings=batch_shardings,
+               abstract_batch=abstract_batch)
 
   def context(self):
     """The mesh and the logical-axis rules, active while tracing and running."""
@@ -268,7 +280,7 @@ class Engine:
   # -- data --------------------------------------------------------------------
 
   def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Assembles the global batch from this process's rows."""
+    """Assembles the global batch from this process's rows (they must match ``abstract_batch``)."""
     spec_keys = set(self.batch_shardings)
     if set(local) != spec_keys:
       raise ValueError(f"batch keys {sorted(local)} differ from batch_spec keys {sorted(spec_keys)}")
@@ -276,12 +288,23 @@ class Engine:
     out = {}
     for key, value in local.items():
       value = np.asarray(value)
-      if value.shape[0] != per_process:
-        raise ValueError(f"batch[{key!r}] has {value.shape[0]} rows on this process; expected "
-                         f"train.batch_size / process_count = {per_process}")
-      global_shape = (self.config.train.batch_size,) + value.shape[1:]
-      out[key] = jax.make_array_from_process_local_data(self.batch_shardings[key], value, global_shape)
+      want = self.abstract_batch[key]
+      if value.shape != (per_process,) + want.shape[1:] or value.dtype != want.dtype:
+        raise ValueError(
+            f"batch[{key!r}] is {value.dtype}{list(value.shape)} on this process; "
+            f"{type(self.task).__name__}.example_shapes() and train.batch_size / process_count say "
+            f"{np.dtype(want.dtype)}{[per_process, *want.shape[1:]]}")
+      out[key] = jax.make_array_from_process_local_data(self.batch_shardings[key], value, want.shape)
     return out
+
+  def input_buffer_bytes(self) -> int:
+    """Host RAM this process's input pipeline holds at most (read-ahead and buffered batches)."""
+    example = sum(int(np.prod(v.shape[1:])) * np.dtype(v.dtype).itemsize
+                  for v in self.abstract_batch.values())
+    data = self.config.get("data") or {}
+    return pipeline_lib.loader_buffer_bytes(
+        example, self.config.train.batch_size // jax.process_count(),
+        worker_count=int(data.get("worker_count", 0) or 0))
 
   # -- the step ----------------------------------------------------------------
 
@@ -374,18 +397,21 @@ class Engine:
       self._step_fn = self._build_step()
     return self._step_fn
 
-  def compile(self, batch: dict[str, jax.Array]):
-    """AOT-compiles the step for ``batch``'s shapes; returns the executable."""
-    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_shardings[k])
-                      for k, v in batch.items()}
+  def lower(self):
+    """The step lowered from shapes alone (``abstract_state``, ``abstract_batch``)."""
     with self.context():
-      self._compiled = self.step_fn.lower(self.abstract_state, abstract_batch).compile()
+      return self.step_fn.lower(self.abstract_state, self.abstract_batch)
+
+  def compile(self):
+    """AOT-compiles the step from shapes alone; returns the executable (kept for ``train_step``)."""
+    with self.context():
+      self._compiled = self.lower().compile()
     return self._compiled
 
   def train_step(self, state, batch):
     """Runs one step (compiled on first use)."""
     if self._compiled is None:
-      self.compile(batch)
+      self.compile()
     with self.context():
       return self._compiled(state, batch)
 
@@ -483,6 +509,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if is_main:
     print(msg, flush=True)
 
+  # ---- memory: compile the step from shapes, stop early if it cannot fit ----
+  # Before the loader exists: nothing batch-sized is allocated, on host or device, until the step
+  # and the input pipeline's buffers are known to fit.
+  compiled = engine.compile()
+  need = memory_lib.check_fits(compiled, config, what="the training step",
+                               host_bytes=engine.input_buffer_bytes())
+  if need is not None:
+    logging.info("training step: %.2f GiB per device (XLA's estimate)", need.total / memory_lib.GiB)
+
   # ---- data ------------------------------------------------------------------
   loader = engine.task.train_loader(
       seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
@@ -491,19 +526,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if not hasattr(data_iter, "get_state"):
     raise TypeError(f"{type(engine.task).__name__}.train_loader must return a Grain iterator with "
                     f"get_state/set_state, got {type(data_iter).__name__}")
-
-  # ---- memory: compile the step from shapes, stop early if it cannot fit ----
-  # One batch is read to learn its shapes, and the iterator put back where it was.
-  before_peek = data_iter.get_state()
-  peek = next(data_iter)
-  data_iter.set_state(before_peek)
-  compiled = engine.compile({
-      k: jax.ShapeDtypeStruct((t.batch_size,) + np.shape(v)[1:], np.asarray(v).dtype)
-      for k, v in peek.items()})
-  del peek
-  need = memory_lib.check_fits(compiled, config, what="the training step")
-  if need is not None:
-    logging.info("training step: %.2f GiB per device (XLA's estimate)", need.total / memory_lib.GiB)
 
   # ---- state: resume > init_from > scratch ----------------------------------
   ckpt = checkpoint_lib.Checkpointer(

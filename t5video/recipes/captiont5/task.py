@@ -309,6 +309,21 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
         "weight": ("act_batch",),
     }
 
+  def example_shapes(self) -> dict[str, jax.ShapeDtypeStruct]:
+    d, t = self.config.data, self.config.text
+    frames, lin, lout = int(d.num_frames), int(t.max_input_len), int(t.max_target_len)
+    shape = jax.ShapeDtypeStruct
+    visual = ({"features": shape(tuple(self.features_shape), jnp.float32)} if self.features_shape
+              else {"frames": shape((frames, int(d.size), int(d.size), 3), jnp.uint8)})
+    return {
+        **visual,
+        "frame_mask": shape((frames,), jnp.int32),
+        **{k: shape((lin,), jnp.int32) for k in ("input_ids", "attention_mask")},
+        **{k: shape((lout,), jnp.int32) for k in ("decoder_input_ids", "decoder_target", "decoder_mask")},
+        "task_id": shape((), jnp.int32),
+        "weight": shape((), jnp.float32),
+    }
+
   def training_drafts(self) -> Optional[dict[str, str]]:
     """The training clips' drafts (``thoughts.drafts.source='model'``), or None (no draft
     thought, or corrupted references)."""

@@ -154,6 +154,19 @@ class R2TuningTask(task_lib.Task):
             "pos_clip": ("act_batch",),
             "valid": ("act_batch",)}
 
+  def example_shapes(self) -> dict[str, jax.ShapeDtypeStruct]:
+    c, d, shape = self.model_config, self.config.data, jax.ShapeDtypeStruct
+    clips, text_len, windows = int(d.max_clips), int(self.config.model.text_len), int(d.max_windows)
+    return {"video": shape((c.num_layers, clips, c.num_tokens, c.video_dim), jnp.float16),
+            "video_mask": shape((clips,), jnp.int32),
+            "query": shape((c.num_layers, text_len, c.query_dim), jnp.float16),
+            "query_mask": shape((text_len,), jnp.int32),
+            "boundaries": shape((windows, 2), jnp.float32),
+            "boundary_mask": shape((windows,), jnp.float32),
+            "saliency": shape((clips,), jnp.float32),
+            "pos_clip": shape((), jnp.int32),
+            "valid": shape((), jnp.bool_)}
+
   def train_loader(self, *, seed: int, process_index: int, process_count: int,
                    batch_size: int) -> Iterator[dict]:
     from t5video.data import pipeline  # pylint: disable=g-import-not-at-top

@@ -216,6 +216,19 @@ class ViFiCLIPTask(task_lib.Task):
       spec["caption_mask"] = ("act_batch", "act_len")
     return spec
 
+  def example_shapes(self) -> dict[str, jax.ShapeDtypeStruct]:
+    d = self.config.data
+    frames, shape = int(d.num_frames), jax.ShapeDtypeStruct
+    out = {"frames": shape((frames, int(d.size), int(d.size), 3), jnp.uint8),
+           "frame_mask": shape((frames,), jnp.bool_),
+           "valid": shape((), jnp.bool_)}
+    cls, con = self._needs()
+    if cls:
+      out["label_id"] = shape((), jnp.int32)
+    if con:
+      out["caption_ids"] = out["caption_mask"] = shape((self.text_len,), jnp.int32)
+    return out
+
   def train_records(self) -> list[VideoRecord]:
     """The training split without novel classes (and K-shot sampled when ``data.k_shot``)."""
     d = self.config.data
