@@ -61,8 +61,8 @@ class MlpStack(nn.Module):
 class BenchTask(task_lib.Task):
   """Classification of random vectors (the timed loop reuses one batch)."""
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, *, shapes_only: bool = False):
+    super().__init__(config, shapes_only=shapes_only)
     m = config.model
     self.model = MlpStack(m.embed, m.mlp, m.layers)
 

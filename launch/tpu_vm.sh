@@ -174,6 +174,7 @@ usage: bash launch/tpu_vm.sh create --name NAME --zone ZONE --accelerator-type T
                                     [--version RUNTIME] [--spot | --preemptible]
                                     [--queued] [--reserved] [--network NET]
                                     [--subnetwork SUBNET] [--service-account EMAIL]
+                                    [--check CONFIG.py[:ARG] [--config.KEY=VALUE ...]]
 
 Creates a TPU VM (a single host such as v4-8, v5litepod-8) or a pod slice (several
 hosts such as v4-32, v5litepod-64): one VM per worker, all reached with --worker=all.
@@ -190,6 +191,10 @@ hosts such as v4-32, v5litepod-64): one VM per worker, all reached with --worker
                           (waits in a queue until capacity is free; the node id is NAME)
   --reserved              use a reservation of the project
   --network, --subnetwork, --service-account   passed to gcloud
+  --check CONFIG          first compile CONFIG's training steps for this accelerator type
+                          here, on this machine (`t5video compile`, needs the tpu extra),
+                          print memory per chip and step-time estimates, and create nothing
+                          when a step does not fit; --config.KEY=VALUE flags go to it
 EOF
 }
 
@@ -312,11 +317,17 @@ EOF
 
 cmd_create() {
   local name="${T5VIDEO_TPU_NAME:-}" zone="${T5VIDEO_TPU_ZONE:-}" accel="" version=""
-  local spot=0 preemptible=0 queued=0 reserved=0 network="" subnetwork="" sa=""
+  local spot=0 preemptible=0 queued=0 reserved=0 network="" subnetwork="" sa="" check=""
+  local -a check_flags=()
   while (($#)); do
+    if [[ $1 == --config.* ]]; then  # a config override for --check (kept whole: KEY=VALUE)
+      [[ $1 == *=* ]] || die "'$1': write config overrides as --config.KEY=VALUE"
+      check_flags+=("$1"); shift; continue
+    fi
     [[ $1 == --*=* ]] && set -- "${1%%=*}" "${1#*=}" "${@:2}"
     case "$1" in
       -h | --help) usage_create; exit 0 ;;
+      --check) check="$(value "$@")"; shift 2 ;;
       --name) name="$(value "$@")"; shift 2 ;;
       --zone) zone="$(value "$@")"; shift 2 ;;
       --accelerator-type) accel="$(value "$@")"; shift 2 ;;
@@ -343,6 +354,8 @@ cmd_create() {
   ((spot && preemptible)) && die "--spot and --preemptible exclude each other"
   ((queued && preemptible)) && die "queued resources take --spot, not --preemptible"
   ((spot && reserved)) && die "--spot and --reserved exclude each other"
+  ((${#check_flags[@]})) && [[ -z $check ]] && die "--config.KEY=VALUE flags need --check CONFIG"
+  [[ -n $check ]] && check_fits "$check" "$accel" "${check_flags[@]}"
 
   local args
   if ((queued)); then
@@ -363,6 +376,28 @@ cmd_create() {
   if ((queued)); then
     note "queued: watch it with 'bash launch/tpu_vm.sh status --queued --name $name --zone $zone' until ACTIVE, then run setup"
   fi
+}
+
+# t5video compile CONFIG for ACCEL on this machine; dies (creating nothing) when a step does not fit.
+check_fits() {
+  local config="$1" accel="$2"
+  shift 2
+  local t5video="$ROOT/.venv/bin/t5video" out
+  [[ -x $t5video ]] || t5video="$(command -v t5video || true)"
+  [[ -n $t5video ]] || die "--check needs t5video installed here (bash launch/local.sh setup; pip install '.[tpu]')"
+  out="$(mktemp -d)"
+  note "checking $config on $accel: t5video compile (this machine, no TPU needed)"
+  (cd "$ROOT" && "$t5video" compile --config "$config" "$@" --topology "$accel" --json "$out/check.json") ||
+    die "t5video compile failed for $config on $accel (see above); nothing was created"
+  python3 - "$out/check.json" <<'PY' || die "$config does not fit on $accel (see the advice above); nothing was created"
+import json, sys
+bad = [r for r in json.load(open(sys.argv[1])) if not r["fits"]]
+for r in bad:
+  print(f"{r['stage']}: {r['need_per_chip_bytes'] / 2**30:.1f} GiB per chip of "
+        f"{r['hbm_per_chip_bytes'] / 2**30:.0f}: {r['advice']}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+  rm -rf "$out"
 }
 
 cmd_setup() {

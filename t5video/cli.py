@@ -1,6 +1,8 @@
 """The ``t5video`` command line.
 
   t5video train --config CONFIG.py[:ARG] [--config.KEY=VALUE ...] --workdir DIR
+  t5video compile --config CONFIG.py[:ARG] [--config.KEY=VALUE ...] --topology T[,T...] [--json OUT]
+                  [--search batch]   (the training steps compiled for TPU slices, on this machine)
   t5video eval --workdir DIR [--config CONFIG.py[:ARG]] [--config.KEY=VALUE ...] [--split test] [--robustness]
   t5video caption --workdir DIR VIDEO [VIDEO ...]
   t5video zero-shot --workdir DIR --classes "a,b,c" VIDEO [VIDEO ...]
@@ -39,7 +41,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-COMMANDS = ("train", "eval", "caption", "zero-shot", "ground", "data", "standins", "extract-features", "convert",
+COMMANDS = ("train", "compile", "eval", "caption", "zero-shot", "ground", "data", "standins", "extract-features", "convert",
             "export-hf", "report")
 
 
@@ -107,13 +109,21 @@ def _parse_config_flags(argv: Sequence[str], command: str, *, config_required: b
     config_flags.DEFINE_config_file("config", None, "Config file path[:arg].", flag_values=fv,
                                     lock_config=True, sys_argv=sys_argv)
   flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, metrics).", flag_values=fv)
+  if command == "compile":
+    flags.DEFINE_string("topology", None, "TPU slices, comma-separated: accelerator types (v4-32, v5p-16, "
+                        "v5litepod-8, v6e-8), topologies (v5e:2x4) or N x either (2xv5litepod-256).",
+                        flag_values=fv)
+    flags.DEFINE_string("json", "", "Write the records (a JSON list) to this file.", flag_values=fv)
+    flags.DEFINE_enum("search", "", ["", "batch"], "batch: the largest global batch that fits.",
+                      flag_values=fv)
   if command == "eval":
     flags.DEFINE_string("split", "", "Split to evaluate (default: config.data.eval_split).",
                         flag_values=fv)
     flags.DEFINE_boolean("robustness", False, "Also run frame-drop and noise sweeps.",
                          flag_values=fv)
   if any(a in ("-h", "--help", "--helpfull") for a in argv):
-    print(f"usage: t5video {command} --config CONFIG.py[:ARG] [--config.KEY=VALUE ...] --workdir DIR")
+    tail = "--topology T[,T...] [--json OUT] [--search batch]" if command == "compile" else "--workdir DIR"
+    print(f"usage: t5video {command} --config CONFIG.py[:ARG] [--config.KEY=VALUE ...] {tail}")
     print(fv.get_help())
     raise SystemExit(0)
   try:
@@ -124,7 +134,10 @@ def _parse_config_flags(argv: Sequence[str], command: str, *, config_required: b
     _raise_unknown_flag(argv, command, e)
   if len(rest) > 1:
     raise SystemExit(f"t5video {command}: unexpected arguments {rest[1:]}")
-  if not fv.workdir:
+  if command == "compile":
+    if not fv.topology:
+      raise SystemExit("t5video compile: --topology is required (e.g. --topology v5litepod-8,v4-32)")
+  elif not fv.workdir:
     raise SystemExit(f"t5video {command}: --workdir is required")
   config = fv.config
   if config is None:
@@ -194,6 +207,19 @@ def cmd_train(argv: Sequence[str]) -> int:
     print(f"{fv.workdir} is already at step {result['step']} = train.num_steps: nothing to do "
           f"(`t5video eval --workdir {fv.workdir}` re-evaluates it)")
   gc.collect()
+  return 0
+
+
+def cmd_compile(argv: Sequence[str]) -> int:
+  config, fv = _parse_config_flags(argv, "compile", config_required=True)
+  from t5video.train import aot
+  records = aot.compile_config(  # validates the config firstconfig, [t for t in fv.topology.split(",") if t.strip()], search=fv.search)
+  print(aot.table(records))
+  if fv.json:
+    os.makedirs(os.path.dirname(os.path.abspath(fv.json)), exist_ok=True)
+    with open(fv.json, "w") as f:
+      json.dump(records, f, indent=1, default=float)
+    print(f"wrote {fv.json}")
   return 0
 
 
@@ -384,7 +410,7 @@ def cmd_report(argv: Sequence[str]) -> int:
 
 
 HANDLERS = {
-    "train": cmd_train, "eval": cmd_eval, "caption": cmd_caption, "zero-shot": cmd_zero_shot,
+    "train": cmd_train, "compile": cmd_compile, "eval": cmd_eval, "caption": cmd_caption, "zero-shot": cmd_zero_shot,
     "data": cmd_data, "standins": cmd_standins, "extract-features": cmd_extract_features, "convert": cmd_convert,
     "export-hf": cmd_export_hf, "report": cmd_report, "ground": cmd_ground,
 }

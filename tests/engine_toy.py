@@ -77,8 +77,8 @@ def make_arrays(num: int, length: int, embed: int, classes: int, seed: int):
 class ToyTask(task_lib.Task):
   """The engine's test task (see the module docstring)."""
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, *, shapes_only: bool = False):
+    super().__init__(config, shapes_only=shapes_only)
     m = config.model
     self.model = ToyModel(m.embed, m.mlp, m.classes)
 

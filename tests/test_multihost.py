@@ -60,15 +60,16 @@ def _env(devices: int, **extra: str) -> dict[str, str]:
   return env
 
 
-def _train_cmd(workdir: str, *overrides: str) -> list[str]:
-  return [sys.executable, "-m", "t5video.cli", "train", "--config", CONFIG, "--workdir", workdir,
+def _train_cmd(workdir: str, *overrides: str, config: str = CONFIG) -> list[str]:
+  return [sys.executable, "-m", "t5video.cli", "train", "--config", config, "--workdir", workdir,
           f"--config.train.num_steps={STEPS}", "--config.train.checkpoint_every=6",
           f"--config.train.batch_size={BATCH}", "--config.data.global_order=True",
           # FSDP over all 4 devices: every parameter is split across the 2 processes.
           "--config.mesh.shape=(1,4,1)", *overrides]
 
 
-def _start_job(workdir: str, *overrides: str, heartbeat_s: int = 100) -> list[subprocess.Popen]:
+def _start_job(workdir: str, *overrides: str, heartbeat_s: int = 100,
+               config: str = CONFIG) -> list[subprocess.Popen]:
   """2 processes x 2 devices on localhost, each logging to <workdir>.process_<i>.log."""
   port = _free_port()
   procs = []
@@ -76,7 +77,7 @@ def _start_job(workdir: str, *overrides: str, heartbeat_s: int = 100) -> list[su
     env = _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(i), T5VIDEO_HEARTBEAT_TIMEOUT_S=str(heartbeat_s))
     log = open(f"{workdir}.process_{i}.log", "a")
-    procs.append(subprocess.Popen(_train_cmd(workdir, *overrides), cwd=REPO, env=env,
+    procs.append(subprocess.Popen(_train_cmd(workdir, *overrides, config=config), cwd=REPO, env=env,
                                   stdout=log, stderr=subprocess.STDOUT))
     log.close()
   return procs
@@ -179,6 +180,33 @@ def test_two_processes_match_one_process_and_resume_after_both_are_killed(
     assert reads[0][k] + reads[1][k] == np.asarray(order[k]).tolist(), k
 
 
+@pytest.mark.slow
+def test_a_staged_toy_run_ends_on_two_processes_and_resumes_after_one_is_killed(tmp_path, one_process_reference):
+  """Stage 'first', then the run itself: every process takes process 0's word that the stage is done
+  (before, process 1 could look for the marker before process 0 wrote it, and both hung); one process
+  killed in the second stage, both restarted: the run ends with the 1 process x 4 devices losses."""
+  reference, _ = one_process_reference
+  workdir = str(tmp_path / "run")
+  staged = CONFIG + ":staged"
+  procs = _start_job(workdir, "--config.data.delay_s=0.4", heartbeat_s=10, config=staged)
+  _wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "6")), procs)
+  assert os.path.isfile(os.path.join(workdir, "first", "final_metrics.json"))
+  procs[1].send_signal(signal.SIGKILL)
+  procs[1].wait(timeout=60)
+  procs[0].wait(timeout=120)  # the survivor stops once the heartbeat misses the dead process
+  assert procs[0].returncode != 0
+  assert not os.path.exists(os.path.join(workdir, "final_metrics.json")), "killed too late"
+  procs = _start_job(workdir, config=staged)
+  _wait_all(procs, workdir)
+  log0 = _log(workdir, 0)
+  assert log0.count("stage first:") == 1, "the finished stage trained again"
+  assert "resuming from step 6" in log0
+  got = engine_toy.read_metrics(workdir)
+  assert sorted(got) == list(range(1, STEPS + 1))
+  for step in range(1, STEPS + 1):
+    np.testing.assert_allclose(got[step]["loss"], reference[step]["loss"], rtol=1e-5, err_msg=step)
+
+
 # The smoke config shortened: stage 0 (ViFi-CLIP) and CaptionT5, each a few steps.
 STAGED = [os.path.join(REPO, "configs", "captiont5", "synthetic.py") + ":runlocal",
           "--config.thoughts.clip_stage.num_steps=6", "--config.train.num_steps=12",
@@ -202,7 +230,7 @@ def _start_staged(workdir: str, heartbeat_s: int = 100) -> list[subprocess.Popen
   return procs
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_staged_run_ends_on_two_processes_and_resumes_after_one_is_killed(tmp_path):
   reference = str(tmp_path / "one")
   out = subprocess.run(_staged_cmd(reference), cwd=REPO, env=_env(4), capture_output=True, text=True,

@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              batch_size=256, learning_rate=8e-6, epochs=10, num_train=NUM_TRAIN)
   else:
     raise ValueError(f"configs/vificlip/k400.py: arg must be 'supervised' or 'zeroshot', got {arg!r}")
+  c.data.num_classes = 400  # Kinetics-400 (sizes t5video compile; training reads them from the data)
   c.train.micro_batches = 4
   c.data.resize_short = 256
   return c

@@ -246,6 +246,8 @@ VARIANTS: dict[str, T5Config] = {
     "flan-t5-small": T5Config(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6, **_V11),
     "flan-t5-base": T5Config(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12, **_V11),
     "flan-t5-large": T5Config(d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16, **_V11),
+    "flan-t5-xl": T5Config(d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_heads=32, **_V11),
+    "flan-t5-xxl": T5Config(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, **_V11),
     "tiny": T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                      relative_attention_num_buckets=8, relative_attention_max_distance=16,
                      dropout_rate=0.0, **{k: v for k, v in _V11.items() if k != "vocab_size"}),

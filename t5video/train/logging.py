@@ -18,34 +18,15 @@ import jax
 import numpy as np
 from absl import logging
 
+from t5video.train import chips as chips_lib
 from t5video.train import paths
 
-# Dense bf16 peak FLOP/s per device (one chip / one GPU), from vendor specs.
-# Keys are matched as prefixes of ``jax.Device.device_kind`` (case-insensitive),
-# longest first.
-PEAK_FLOPS_PER_DEVICE: dict[str, float] = {
-    "tpu v4": 275e12,
-    "tpu v5 lite": 197e12,  # v5e
-    "tpu v5e": 197e12,
-    "tpu v5p": 459e12,
-    "tpu v5": 459e12,  # v5p reports 'TPU v5'
-    "tpu v6 lite": 918e12,  # v6e (Trillium)
-    "tpu v6e": 918e12,
-    "nvidia h100 pcie": 756e12,
-    "nvidia h100": 989e12,  # SXM
-    "nvidia h200": 989e12,
-    "nvidia a100": 312e12,
-}
-
-
 def peak_flops(device: jax.Device | None = None) -> float | None:
-  """The device's peak bf16 FLOP/s, or None where unknown (e.g. CPU)."""
+  """The device's peak dense bf16 FLOP/s (:data:`t5video.train.chips.CHIPS`), or None where
+  unknown (e.g. CPU)."""
   device = device or jax.devices()[0]
-  kind = device.device_kind.lower()
-  for key in sorted(PEAK_FLOPS_PER_DEVICE, key=len, reverse=True):
-    if kind.startswith(key):
-      return PEAK_FLOPS_PER_DEVICE[key]
-  return None
+  found = chips_lib.chip(device.device_kind)
+  return found.peak_flops if found else None
 
 
 def compiled_flops(compiled) -> float | None:

@@ -30,15 +30,21 @@ TASKS: dict[str, str] = {
 
 
 class Task(abc.ABC):
-  """What a recipe gives the trainer. Constructed as ``Task(config)``.
+  """What a recipe gives the trainer. Constructed as ``Task(config)``, or
+  ``Task(config, shapes_only=True)`` for its shapes alone (``t5video compile``).
 
   Subclasses must implement the abstract ``init_params``, ``batch_spec``,
   ``example_shapes``, ``train_loader`` and ``loss_fn``; ``load_pretrained``, ``evaluate`` and ``flops_per_example``
   have working defaults.
   """
 
-  def __init__(self, config):
+  def __init__(self, config, *, shapes_only: bool = False):
     self.config = config
+    # Built for its shapes alone (``t5video compile``): the Task reads nothing but the config and
+    # the small files it names (HF config.json files, a tokenizer file); what only the data could
+    # tell (a tokenizer still to be trained on it, its class names) comes from the config's sizes.
+    # init_params, batch_spec, example_shapes, loss_fn and trainable must work; loaders need not.
+    self.shapes_only = shapes_only
     # The run directory; the trainer sets it right after construction, before
     # ``train_loader`` / ``evaluate`` are called (None outside a run).
     self.workdir: str | None = None

@@ -207,8 +207,8 @@ class Engine:
     if t.batch_size % jax.process_count():
       raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the "
                        f"{jax.process_count()} processes")
+    rng = jax.random.PRNGKey(config.seed)  # a host value, outside the mesh (which may be compile-only)
     with _sharding_context(mesh, rules):
-      rng = jax.random.PRNGKey(config.seed)
       boxed = jax.eval_shape(task.init_params, rng)
       params_abstract = _strip_boxes(boxed)
       param_shardings = sharding_lib.param_shardings(boxed, mesh, rules)
@@ -313,7 +313,7 @@ class Engine:
     micro = config.train.micro_batches
     compute_dtype = DTYPES[config.train.dtype]
     max_nonfinite = config.train.max_nonfinite
-    base_rng = jax.random.PRNGKey(config.seed + 1)
+    seed = config.seed + 1
     labels = self.labels
     param_shardings = self.state_shardings["params"]
     micro_shardings = {
@@ -333,7 +333,7 @@ class Engine:
 
     def train_step(state, batch):
       params = state["params"]
-      rng = jax.random.fold_in(base_rng, state["step"])
+      rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])  # traced: no device constant
       if micro == 1:
         (loss, metrics), grads = grad_fn(params, batch, jax.random.fold_in(rng, 0))
       else:

@@ -14,7 +14,8 @@ from t5video.train import trainer
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the toy config; ``arg='fsdp'`` uses a (2, 2, 2) mesh."""
+  """Returns the toy config; ``arg='fsdp'`` uses a (2, 2, 2) mesh; ``arg='staged'`` trains a first
+  stage (this config with another seed, in <workdir>/first) before the run itself."""
   c = trainer.default_config()
   c.task = "engine_toy:ToyTask"
   c.seed = 0
@@ -44,4 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # With global_order: a folder where each process logs the example ids it reads.
       "indices_log": "",
   })
+  if arg == "staged":
+    c.stages = ({"name": "first", "config": __file__, "workdir": "first",
+                 "overrides": {"seed": 1, "train": {"num_steps": 8, "checkpoint_every": 4}}},)
   return c

@@ -133,6 +133,8 @@ def base_config() -> ml_collections.ConfigDict:
                                     # `clip` sizes come from it)
       t5_init="",                   # an HF T5 directory (sizes and tokenizer come from it)
       remat=False,
+      scan_layers=False,            # T5 blocks 1..n-1 of each stack under one nn.scan (compiles in a
+                                    # fraction of the time; not with peft.method='last_n')
       dropout_rng="hash",           # T5's dropout masks: 'hash' (cheap on CPU) | 'threefry' (Flax's
                                     # nn.Dropout; what runs before 2026-11-30 used): T5Config.dropout_rng
   )
@@ -194,6 +196,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"eval.rerank: source must be 'beam' or 'sample' and candidates >= 0, got "
                      f"source={rr.source!r}, candidates={rr.candidates}")
   meteor_flag(config.eval.meteor)
+  if config.model.get("scan_layers") and config.peft.method == "last_n":
+    raise ValueError("peft.method='last_n' trains whole T5 blocks by name; model.scan_layers=True stacks "
+                     "them under one scan: use one or the other")
   evaluates_qa(config)
   controls_lib.check(config.eval.controls)
   tc = config.thoughts
@@ -274,13 +279,14 @@ def build_model_config(config: ml_collections.ConfigDict, vocab_size: int,
     vision = clip_lib.CLIPVisionConfig(**dict(m.clip), dtype=dtype, lora=lora, remat=m.remat)
   if m.t5_init:
     t5 = t5_lib.T5Config.from_hf(hf.read_hf_config(m.t5_init), dtype=dtype, lora=lora,
-                                 adapter_dim=adapter_dim, remat=m.remat,
+                                 adapter_dim=adapter_dim, remat=m.remat, scan_layers=m.scan_layers,
                                  dropout_rng=m.get("dropout_rng", "hash"))
   else:
     fields = dict(m.t5)
     fields["vocab_size"] = -(-vocab_size // 128) * 128
     fields["dropout_rng"] = m.get("dropout_rng", "hash")
-    t5 = t5_lib.T5Config(**fields, dtype=dtype, lora=lora, adapter_dim=adapter_dim, remat=m.remat)
+    t5 = t5_lib.T5Config(**fields, dtype=dtype, lora=lora, adapter_dim=adapter_dim, remat=m.remat,
+                         scan_layers=m.scan_layers)
   temporal = TemporalConfig(**dict(m.temporal), dtype=DTYPES[dtype])
   video = {}
   if m.get("video_token"):

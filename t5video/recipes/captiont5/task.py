@@ -88,20 +88,17 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
 
   CONFIG_MODULE = cfg  # the schema: base_config(), validate(), OPEN_SECTIONS
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, *, shapes_only: bool = False):
     # Runs saved before a key existed restore with its default (``config.json`` of old workdirs).
     config_lib.fill_defaults(config, cfg.base_config())
-    super().__init__(config)
+    super().__init__(config, shapes_only=shapes_only)
     cfg.check_init_dirs(config)
-    self.root = data_lib.data_root(config.data)
+    self.root = data_lib.data_root(config.data) if config.data.root or not shapes_only else ""
     # Read on first use: a prepared run's Task (eval, caption) needs no dataset to be built.
     self.records = data_lib._Splits(lambda split: data_lib.read_split(config.data, self.root, split))
-    self.class_names = list(config.data.class_names) or class_names(self.records, config.data)
-    self.tokenizer = self._tokenizer()
     self.features_shape = self._features_shape()  # (frames, [tokens,] width) or None
     self.model_config = build_model_config(
-        config, self.tokenizer.vocab_size,
-        feature_dim=self.features_shape[-1] if self.features_shape else None)
+        config, self._vocab_size(), feature_dim=self.features_shape[-1] if self.features_shape else None)
     self.model = CaptionT5(self.model_config)
     cfg.validate(config)
     self.thought_cfg = thoughts_lib.ThoughtConfig(
@@ -118,6 +115,26 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     self._clip_scorers: Optional[list] = None
     self._concept_scorers: Optional[list] = None  # thoughts.concepts_clip's, when set
     self.concept_sims: dict = {}  # training clip -> its [vocab] similarities (concepts())
+
+  @functools.cached_property
+  def class_names(self) -> list[str]:
+    """``data.class_names``, else every label of the training and evaluation splits."""
+    return list(self.config.data.class_names) or class_names(self.records, self.config.data)
+
+  @functools.cached_property
+  def tokenizer(self):
+    """``text.tokenizer``, the T5 checkpoint's, or one trained on the training text (first use)."""
+    return self._tokenizer()
+
+  def _vocab_size(self) -> int:
+    """The tokenizer's size, which sizes a T5 from scratch (an HF T5's config.json has its own).
+    For its shapes alone, a tokenizer still to be trained has ``text.vocab_size`` pieces."""
+    c = self.config
+    if c.model.t5_init:
+      return 0  # unused: the checkpoint's config.json sizes the T5
+    if self.shapes_only and not c.text.tokenizer:
+      return int(c.text.vocab_size)
+    return self.tokenizer.vocab_size
 
   @functools.cached_property
   def train_class_counts(self) -> collections.Counter:
@@ -469,7 +486,7 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
         # ViFi-CLIP's ordered read-out normalises the same patch tokens)
         params = merge_subtree(params, "grid_norm", vision_params["post_layernorm"], source)
     if m.t5_init:
-      _, t5_params = hf.load_hf(m.t5_init)
+      _, t5_params = hf.load_hf(m.t5_init, scan_layers=self.model_config.t5.scan_layers)
       params = merge_subtree(params, "t5", t5_params, m.t5_init)
     if init_from.path:
       if vifi_dir or m.clip_init or m.t5_init:

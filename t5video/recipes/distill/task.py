@@ -165,10 +165,10 @@ class DistillTask(ViFiCLIPTask):
 
   CONFIG_MODULE = cfg  # the schema: base_config(), validate(), OPEN_SECTIONS
 
-  def __init__(self, config, tokenizer_path=None, classes=None):
+  def __init__(self, config, tokenizer_path=None, classes=None, *, shapes_only: bool = False):
     config_lib.fill_defaults(config, cfg.base_config())
     cfg.validate(config)
-    super().__init__(config, tokenizer_path=tokenizer_path, classes=classes)
+    super().__init__(config, tokenizer_path=tokenizer_path, classes=classes, shapes_only=shapes_only)
 
   # ---- the run's preparation --------------------------------------------------------
   @classmethod

@@ -69,11 +69,15 @@ class R2TuningTask(task_lib.Task):
 
   CONFIG_MODULE = cfg
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, *, shapes_only: bool = False):
+    super().__init__(config, shapes_only=shapes_only)
     config_lib.fill_defaults(config, cfg.base_config())
     cfg.validate(config)
-    if not config.model.clip_init or not config.model.tokenizer or not config.data.feature_dir:
+    if shapes_only and not config.model.clip_init:
+      raise ValueError("an R2-Tuning config compiled for its shapes alone needs model.clip_init (an HF CLIP "
+                       "directory or the name of a catalogued one, e.g. clip-vit-base-patch32)")
+    if not shapes_only and (not config.model.clip_init or not config.model.tokenizer
+                            or not config.data.feature_dir):
       raise ValueError("model.clip_init, model.tokenizer and data.feature_dir are set when the run "
                        "is prepared (t5video train does it); this config was not")
     self.model_config = model_config(config)

@@ -57,6 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic = {}             # render_dataset arguments (num_videos > 0: render first)
   c.data.train_split = "train"
   c.data.classes = ()               # the training classes ('()': those of the training split)
+  c.data.num_classes = 0            # how many the training split has: sizes a Task built for its
+                                    # shapes alone (t5video compile) when data.classes is empty
   c.data.novel_classes = ()         # held out for zero-shot; ('*',): every class of eval.split
   c.data.k_shot = 0
   c.data.k_shot_seed = 1
@@ -228,6 +230,7 @@ def small_dataset_config(arg: str, *, dataset: str, num_classes: int, num_train:
     c.data.novel_classes = ("*",)  # every class of the eval split, none trained
     c.eval.protocols = ("zero_shot",)
     c.train.best_metric = ""
+    c.data.num_classes = num_classes
   elif kind == "fewshot":
     if shots not in ("2", "4", "8", "16"):
       raise ValueError(f"configs/vificlip/{dataset}.py: fewshot-K needs K in 2, 4, 8, 16; got {arg!r}")
@@ -251,4 +254,5 @@ def small_dataset_config(arg: str, *, dataset: str, num_classes: int, num_train:
     raise ValueError(f"configs/vificlip/{dataset}.py: unknown arg {arg!r}; use zeroshot, fewshot-K, "
                      "base2novel or prompt")
   c.eval.split = "test"
+  c.data.num_classes = c.data.num_classes or (num_base if kind in ("base2novel", "prompt") else num_classes)
   return c

@@ -29,6 +29,7 @@ from typing import Iterator, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from t5video import config as config_lib
 from t5video.data.frame_cache import FrameCache
@@ -63,23 +64,37 @@ class ViFiCLIPTask(task_lib.Task):
   CONFIG_MODULE = cfg  # the schema: base_config(), validate(), OPEN_SECTIONS
 
   def __init__(self, config, tokenizer_path: Optional[str] = None,
-               classes: Optional[tuple[Sequence[str], Sequence[str]]] = None):
-    super().__init__(config)
+               classes: Optional[tuple[Sequence[str], Sequence[str]]] = None, *, shapes_only: bool = False):
+    super().__init__(config, shapes_only=shapes_only)
     config_lib.fill_defaults(config, cfg.base_config())
     cfg.validate(config)
     m = config.model
     self._records: dict[str, list[VideoRecord]] = {}
     if classes is None:
-      classes = data_lib.train_classes(config, self.records)
+      classes = self._shape_classes() if shapes_only else data_lib.train_classes(config, self.records)
     self.train_classes, self.novel_classes = tuple(classes[0]), tuple(classes[1])
     self.class_index = {c: i for i, c in enumerate(self.train_classes)}
-    self.tokenizer = ClipTextTokenizer(tokenizer_path or self._tokenizer_path())
+    # For its shapes alone a tokenizer still to be found or trained is not read: the model's text
+    # tower is the checkpoint's (or model.text's) and the class prompts are zeros of their shape.
+    self.tokenizer = (None if shapes_only and not tokenizer_path and not paths.exists(m.tokenizer or "")
+                      else ClipTextTokenizer(tokenizer_path or self._tokenizer_path()))
     self.model_config = self._model_config()
     self.model = vifi.ViFiCLIP(self.model_config)
     self.text_len = min(int(m.text_len), self.model_config.max_text_len)
     self.class_ids, self.class_mask = self.prompt_ids(self.train_classes)
     # Decode each training clip once (data.cache_frames); used by train_loader only.
     self.frame_cache = FrameCache() if config.data.cache_frames else None
+
+  def _shape_classes(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The classes a Task built for its shapes alone trains: ``data.classes``, else
+    ``data.num_classes`` placeholders (every clip's label is one of them)."""
+    d = self.config.data
+    if d.classes or tuple(d.novel_classes or ()) == ("*",):
+      return data_lib.train_classes(self.config, lambda split: [])
+    if self._needs()[0] and not d.num_classes:
+      raise ValueError("a ViFi-CLIP config compiled for its shapes alone needs its class count: set "
+                       "data.classes or data.num_classes")
+    return tuple(f"class {i}" for i in range(int(d.num_classes))), tuple(d.novel_classes or ())
 
   # ---- run assets ---------------------------------------------------------------
 
@@ -151,8 +166,10 @@ class ViFiCLIPTask(task_lib.Task):
         raise ValueError(f"model.projection_dim={m.projection_dim} differs from the checkpoint "
                          f"{self.config.init_from.path}'s {projection_dim} (leave it 0)")
       m = ml_collections.ConfigDict({**m.to_dict(), "projection_dim": projection_dim})
-    if self.tokenizer.kind == "sentencepiece":
+    if self.tokenizer is not None and self.tokenizer.kind == "sentencepiece":
       text.update(self.tokenizer.text_overrides())
+    elif self.tokenizer is None and str(m.tokenizer).endswith(".model"):  # shapes alone, to be trained
+      text["vocab_size"] = int(m.sentencepiece_vocab)
     for k, v in list(vision.items()):
       if isinstance(v, list):
         vision[k] = tuple(v)
@@ -164,6 +181,9 @@ class ViFiCLIPTask(task_lib.Task):
         **({"projection_dim": int(m.projection_dim)} if m.projection_dim else {}))
 
   def prompt_ids(self, classes: Sequence[str], template: Optional[str] = None):
+    if self.tokenizer is None:  # built for its shapes alone
+      shape = (len(classes), self.text_len)
+      return np.zeros(shape, np.int32), np.ones(shape, np.int32)
     template = self.config.model.prompt_template if template is None else template
     return self.tokenizer([template.format(c) for c in classes], self.text_len)
 
