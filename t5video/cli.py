@@ -1,8 +1,9 @@
 """The ``t5video`` command line.
 
   t5video train --config CONFIG.py[:ARG] [--config.KEY=VALUE ...] --workdir DIR
-  t5video compile --config CONFIG.py[:ARG] [--config.KEY=VALUE ...] --topology T[,T...] [--json OUT]
-                  [--search batch]   (the training steps compiled for TPU slices, on this machine)
+  t5video compile --config CONFIG.py[:ARG] [--config.KEY=VALUE ...] [--topology T[,T...]] [--json OUT]
+                  [--search batch]   (the training steps compiled for TPU slices, on this machine;
+                                      default: the slices the config names)
   t5video eval --workdir DIR [--config CONFIG.py[:ARG]] [--config.KEY=VALUE ...] [--split test] [--robustness]
   t5video caption --workdir DIR VIDEO [VIDEO ...]
   t5video zero-shot --workdir DIR --classes "a,b,c" VIDEO [VIDEO ...]
@@ -111,18 +112,20 @@ def _parse_config_flags(argv: Sequence[str], command: str, *, config_required: b
   flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, metrics).", flag_values=fv)
   if command == "compile":
     flags.DEFINE_string("topology", None, "TPU slices, comma-separated: accelerator types (v4-32, v5p-16, "
-                        "v5litepod-8, v6e-8), topologies (v5e:2x4) or N x either (2xv5litepod-256).",
-                        flag_values=fv)
+                        "v5litepod-8, v6e-8), topologies (v5e:2x4) or N x either (2xv5litepod-256); "
+                        "default: those the config names (its SLICES).", flag_values=fv)
     flags.DEFINE_string("json", "", "Write the records (a JSON list) to this file.", flag_values=fv)
     flags.DEFINE_enum("search", "", ["", "batch"], "batch: the largest global batch that fits.",
                       flag_values=fv)
+    flags.DEFINE_list("steps", ["train", "eval"], "Which programs: train, eval (the recipe's "
+                      "evaluation programs, each on one chip).", flag_values=fv)
   if command == "eval":
     flags.DEFINE_string("split", "", "Split to evaluate (default: config.data.eval_split).",
                         flag_values=fv)
     flags.DEFINE_boolean("robustness", False, "Also run frame-drop and noise sweeps.",
                          flag_values=fv)
   if any(a in ("-h", "--help", "--helpfull") for a in argv):
-    tail = "--topology T[,T...] [--json OUT] [--search batch]" if command == "compile" else "--workdir DIR"
+    tail = "[--topology T[,T...]] [--json OUT] [--search batch]" if command == "compile" else "--workdir DIR"
     print(f"usage: t5video {command} --config CONFIG.py[:ARG] [--config.KEY=VALUE ...] {tail}")
     print(fv.get_help())
     raise SystemExit(0)
@@ -135,8 +138,7 @@ def _parse_config_flags(argv: Sequence[str], command: str, *, config_required: b
   if len(rest) > 1:
     raise SystemExit(f"t5video {command}: unexpected arguments {rest[1:]}")
   if command == "compile":
-    if not fv.topology:
-      raise SystemExit("t5video compile: --topology is required (e.g. --topology v5litepod-8,v4-32)")
+    pass  # --topology defaults to the config's SLICES (cmd_compile)
   elif not fv.workdir:
     raise SystemExit(f"t5video {command}: --workdir is required")
   config = fv.config
@@ -147,13 +149,19 @@ def _parse_config_flags(argv: Sequence[str], command: str, *, config_required: b
   return config, fv
 
 
+def _config_spec(argv: Sequence[str]) -> Optional[str]:
+  """The ``--config`` value of ``argv`` (``path.py[:arg]``), or None."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None and "--config" in argv and argv.index("--config") + 1 < len(argv):
+    spec = argv[argv.index("--config") + 1]
+  return spec
+
+
 def _raise_unknown_flag(argv: Sequence[str], command: str, error: Exception, config=None):
   """One line naming the unknown ``--config.KEY`` flag and the nearest valid key (of ``config``,
   or of the ``--config`` file)."""
   from t5video import config as config_lib
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if spec is None and "--config" in argv and argv.index("--config") + 1 < len(argv):
-    spec = argv[argv.index("--config") + 1]
+  spec = _config_spec(argv)
   if spec and config is None:
     config = config_lib.load_config_file(spec)
   if config is not None:
@@ -212,8 +220,19 @@ def cmd_train(argv: Sequence[str]) -> int:
 
 def cmd_compile(argv: Sequence[str]) -> int:
   config, fv = _parse_config_flags(argv, "compile", config_required=True)
+  from t5video import config as config_lib
   from t5video.train import aot
-  records = aot.compile_config(  # validates the config firstconfig, [t for t in fv.topology.split(",") if t.strip()], search=fv.search)
+  slices = [t for t in (fv.topology or "").split(",") if t.strip()]
+  if not slices:
+    spec = _config_spec(argv)
+    slices = list(config_lib.config_slices(spec))
+    if not slices:
+      raise SystemExit(f"t5video compile: {spec} names no accelerator (it has no SLICES): pass --topology, "
+                       "e.g. --topology v5litepod-8,v4-32")
+  unknown = set(fv.steps) - {"train", "eval"}
+  if unknown:
+    raise SystemExit(f"t5video compile: --steps takes train and eval, got {sorted(unknown)}")
+  records = aot.compile_config(config, slices, search=fv.search, steps=fv.steps)  # validates the config
   print(aot.table(records))
   if fv.json:
     os.makedirs(os.path.dirname(os.path.abspath(fv.json)), exist_ok=True)

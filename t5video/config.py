@@ -40,13 +40,8 @@ def checkpoint_dir() -> str:
 # Files
 # =============================================================================
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """``path/to/config.py[:arg]`` -> its ``get_config(arg)``, as ``--config`` would load it.
-
-  A relative path is looked up in the current directory, then in the
-  repository (next to the ``t5video`` package).
-  """
-  path, _, arg = spec.partition(":")
+def _config_module(path: str):
+  """The module of the config file ``path`` (relative: the current directory, then the repository)."""
   candidates = [path] if os.path.isabs(path) else [os.path.abspath(path), os.path.join(REPO, path)]
   found = next((c for c in candidates if os.path.isfile(c)), None)
   if found is None:
@@ -54,7 +49,27 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   module_spec = importlib.util.spec_from_file_location(f"t5video_config_{abs(hash(found))}", found)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  return module
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """``path/to/config.py[:arg]`` -> its ``get_config(arg)``, as ``--config`` would load it.
+
+  A relative path is looked up in the current directory, then in the
+  repository (next to the ``t5video`` package).
+  """
+  path, _, arg = spec.partition(":")
+  module = _config_module(path)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def config_slices(spec: str) -> tuple[str, ...]:
+  """The accelerators a config file's docstring names for ``spec``'s arg, from its ``SLICES``:
+  ``{arg: ('v4-8', 'v5litepod-8'), ...}`` ('' is the default arg), or ``()`` where it names none.
+  ``t5video compile`` checks a config on them when no ``--topology`` is given."""
+  path, _, arg = spec.partition(":")
+  slices = getattr(_config_module(path), "SLICES", {})
+  return tuple(slices.get(arg, slices.get("", ()))) if isinstance(slices, dict) else tuple(slices)
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:

@@ -16,6 +16,11 @@ Kinetics-400; a single v4-8 host for smaller Kinetics-style sets.
 from t5video.recipes import captiont5
 
 
+# The accelerators this config is checked on (`t5video compile --config configs/captiont5/kinetics.py` with no --topology;
+# tests/test_recipe_compile.py): arg -> slices.
+SLICES = {"": ("v4-32",)}
+
+
 def get_config(arg=None):
   del arg
   c = captiont5.base_config()

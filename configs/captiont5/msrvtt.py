@@ -24,6 +24,11 @@ runs but is impractically slow. Thoughts: MSR-VTT has no metadata; set
 from t5video.recipes import captiont5
 
 
+# The accelerators this config is checked on (`t5video compile --config configs/captiont5/msrvtt.py` with no --topology;
+# tests/test_recipe_compile.py): arg -> slices.
+SLICES = {"": ("v4-8", "v5litepod-8"), "stage=1": ("v4-8", "v5litepod-8"), "stage=2": ("v4-8", "v5litepod-8")}
+
+
 def get_config(arg=None):
   args = dict(a.split("=", 1) if "=" in a else (a, True) for a in (arg or "").split(",") if a)
   stage = int(args.get("stage", 2))

@@ -15,6 +15,11 @@ frames at 224², bf16); LoRA on T5 from the start (no bridging stage; add
 from t5video.recipes import captiont5
 
 
+# The accelerators this config is checked on (`t5video compile --config configs/captiont5/vatex.py` with no --topology;
+# tests/test_recipe_compile.py): arg -> slices.
+SLICES = {"": ("v4-8", "v5litepod-8")}
+
+
 def get_config(arg=None):
   args = dict(a.split("=", 1) if "=" in a else (a, True) for a in (arg or "").split(",") if a)
   c = captiont5.base_config()

@@ -40,6 +40,11 @@ from t5video.config import checkpoint_dir
 STUDENT_CLIPS = 100_000  # the unlabelled set's size assumed for the student's schedule
 
 
+# The accelerators this config is checked on (`t5video compile --config configs/distill/msrvtt.py` with no --topology;
+# tests/test_recipe_compile.py): arg -> slices.
+SLICES = {"": ("v4-32", "v5litepod-32")}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, "", "b16", "l14"):
     raise ValueError(f"configs/distill/msrvtt.py: arg must be b16 or l14, got {arg!r}")

@@ -36,6 +36,11 @@ from t5video.recipes.r2tuning import config as common
 NUM_TRAIN = 12408   # queries in charades_sta_train.txt
 
 
+# The accelerators this config is checked on (`t5video compile --config configs/r2tuning/charades_sta.py` with no --topology;
+# tests/test_recipe_compile.py): arg -> slices.
+SLICES = {"": ("v5e-1",)}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """``arg``: 'r2' (default) | 'meanpool'."""
   c = common.paper_config("configs/r2tuning/charades_sta.py", arg, num_train=NUM_TRAIN,

@@ -36,6 +36,11 @@ from t5video.recipes.r2tuning import config as common
 NUM_TRAIN = 10146   # queries in the 2D-TAN train.json
 
 
+# The accelerators this config is checked on (`t5video compile --config configs/r2tuning/tacos.py` with no --topology;
+# tests/test_recipe_compile.py): arg -> slices.
+SLICES = {"": ("v5e-1",)}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """``arg``: 'r2' (default) | 'meanpool'."""
   c = common.paper_config("configs/r2tuning/tacos.py", arg, num_train=NUM_TRAIN, batch_size=32,

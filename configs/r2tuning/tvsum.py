@@ -38,6 +38,11 @@ from t5video.data import grounding_formats
 from t5video.recipes.r2tuning import config as common
 
 
+# The accelerators this config is checked on (`t5video compile --config configs/r2tuning/tvsum.py` with no --topology;
+# tests/test_recipe_compile.py): arg -> slices.
+SLICES = {"": ("v5e-1",)}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """``arg``: ``DOMAIN`` (a TVSum category) or ``DOMAIN,meanpool``; none: ``BK``."""
   return common.highlight_config("configs/r2tuning/tvsum.py", arg,

@@ -35,6 +35,11 @@ NUM_TRAIN = 240_436  # Kinetics-400 train clips (the official list; set to what 
 CLIP_DIR = os.path.join(checkpoint_dir(), "clip-vit-base-patch16")  # or --config.init_from.path=DIR
 
 
+# The accelerators this config is checked on (`t5video compile --config configs/vificlip/k400.py` with no --topology;
+# tests/test_recipe_compile.py): arg -> slices.
+SLICES = {"": ("v4-32", "v5litepod-64"), "supervised": ("v4-32", "v5litepod-64"), "zeroshot": ("v4-32", "v5litepod-64")}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = arg or "supervised"
   if arg == "supervised":

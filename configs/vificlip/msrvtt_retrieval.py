@@ -33,6 +33,11 @@ NUM_PAIRS = 180_000  # 9k videos x 20 captions
 CLIP_DIR = os.path.join(checkpoint_dir(), "clip-vit-base-patch16")  # or --config.init_from.path=DIR
 
 
+# The accelerators this config is checked on (`t5video compile --config configs/vificlip/msrvtt_retrieval.py` with no --topology;
+# tests/test_recipe_compile.py): arg -> slices.
+SLICES = {"": ("v4-8", "v5litepod-8")}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.recipe_config(clip_dir=CLIP_DIR, layout="msrvtt", root="", num_frames=12,
                            batch_size=128, learning_rate=1e-7, epochs=5, num_train=NUM_PAIRS,

@@ -38,6 +38,11 @@ NUM_TRAIN = 9_537  # split-1 training clips
 CLIP_DIR = os.path.join(checkpoint_dir(), "clip-vit-base-patch16")  # or --config.init_from.path=DIR
 
 
+# The accelerators this config is checked on (`t5video compile --config configs/vificlip/ucf101.py` with no --topology;
+# tests/test_recipe_compile.py): arg -> slices.
+SLICES = {"": ("v4-8", "v5litepod-8")}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return common.small_dataset_config(arg or "fewshot-16", dataset="ucf101", num_classes=NUM_CLASSES,
                                      num_train=NUM_TRAIN, num_base=51, clip_dir=CLIP_DIR,

@@ -20,12 +20,13 @@ converted HF T5, so ``init_from`` is a plain subtree assignment.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import optax
 
 from t5video.models import clip as clip_lib
 from t5video.models import t5 as t5_lib
@@ -219,3 +220,43 @@ class CaptionT5(nn.Module):
                          deterministic=deterministic)
     return CaptionT5Output(logits=logits, encoder_last_hidden_state=hidden,
                            encoder_attention_mask=mask)
+
+
+def visual_inputs(batch: Mapping[str, Any]) -> dict:
+  """The model's visual keyword arguments from a batch: CLIP-normalised pixels of its uint8
+  ``frames``, or its cached ``features``."""
+  if "features" in batch:
+    return dict(features=jnp.asarray(batch["features"], jnp.float32))
+  return dict(pixel_values=clip_lib.clip_preprocess(batch["frames"]))
+
+
+def caption_loss(model: CaptionT5, params, batch: Mapping[str, Any], rng, *, train: bool,
+                 label_smoothing: float = 0.0, task_ids: Mapping[str, int] | None = None):
+  """CaptionT5's training objective on a batch: token cross-entropy of the targets, each example
+  weighted by ``batch['weight']`` (0 for padding).
+
+  ``batch``: ``frames`` uint8 ``[b, T, H, W, 3]`` (or ``features``), ``frame_mask`` ``[b, T]``,
+  ``input_ids`` / ``attention_mask`` ``[b, L_in]``, ``decoder_input_ids`` / ``decoder_target`` /
+  ``decoder_mask`` ``[b, L_out]``, ``weight`` ``[b]`` and, with ``task_ids``, ``task_id`` ``[b]``.
+
+  Returns:
+    ``(loss, metrics)``: the mean over target tokens; ``token_accuracy`` and, per task in
+    ``task_ids``, ``loss_<task>``.
+  """
+  out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                    batch["decoder_input_ids"], batch["decoder_mask"], **visual_inputs(batch),
+                    frame_mask=batch["frame_mask"], deterministic=not train, rngs={"dropout": rng})
+  logits = out.logits  # [b, l, vocab] float32
+  vocab = logits.shape[-1]
+  onehot = jax.nn.one_hot(batch["decoder_target"], vocab)  # [b, l, vocab]
+  if label_smoothing:
+    onehot = onehot * (1 - label_smoothing) + label_smoothing / vocab
+  tok_loss = optax.softmax_cross_entropy(logits, onehot)  # [b, l]
+  mask = batch["decoder_mask"].astype(jnp.float32) * batch["weight"][:, None]  # [b, l]
+  denom = jnp.maximum(mask.sum(), 1.0)
+  loss = (tok_loss * mask).sum() / denom
+  metrics = {"token_accuracy": ((logits.argmax(-1) == batch["decoder_target"]) * mask).sum() / denom}
+  for name, tid in (task_ids or {}).items():
+    task_mask = mask * (batch["task_id"] == tid)[:, None]
+    metrics[f"loss_{name}"] = (tok_loss * task_mask).sum() / jnp.maximum(task_mask.sum(), 1.0)
+  return loss, metrics

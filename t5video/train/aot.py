@@ -163,13 +163,56 @@ class Options:
   keep_hlo: bool = False
 
 
-def compile_train_step(config: ml_collections.ConfigDict, tpu: topology_lib.Slice, *, stage: str,
-                       options: Options = Options()) -> dict[str, Any]:
-  """The record of ``config``'s training step compiled for ``tpu`` (see the module docstring)."""
-  started = time.perf_counter()
+_UNMEASURED = ("xla_flops_per_chip", "xla_bytes_per_chip", "model_flops_per_step", "roofline_step_s",
+               "collectives", "collective_s", "input_frames_per_s_per_host", "host_cores_needed")
+
+
+def _compile_or_record_oom(compile_fn, record: dict[str, Any], parts: dict[str, int], chip, started: float):
+  """``compile_fn()``'s executable; or None when XLA refuses it for lack of HBM, ``record`` then
+  filled as not fitting (XLA's error gives the total; what the state and batch do not take is
+  temporaries and program)."""
+  try:
+    return compile_fn()
+  except Exception as e:  # pylint: disable=broad-except
+    need = _out_of_hbm(e, chip.hbm_bytes)
+    if need is None:
+      raise
+    need = max(need, sum(parts.values()))
+    parts.update(temporaries=need - sum(parts.values()), program=0)
+    record.update(need_per_chip_bytes=need, need_parts=parts, fits=False, xla_error=" ".join(str(e).split())[:300],
+                  compile_s=time.perf_counter() - started, **{k: None for k in _UNMEASURED})
+    return None
+
+
+def _memory_and_roofline(compiled, parts: dict[str, int], chip) -> dict[str, Any]:
+  """Memory per chip (XLA's buffer assignment) and the roofline of one compiled program."""
+  stats, cost = compiled.memory_analysis(), _cost(compiled)
+  parts.update(temporaries=int(stats.temp_size_in_bytes), program=int(stats.generated_code_size_in_bytes))
+  # XLA's total: arguments + outputs not aliased to (donated) arguments + temporaries + code.
+  need = (int(stats.argument_size_in_bytes) + int(stats.output_size_in_bytes) - int(stats.alias_size_in_bytes)
+          + parts["temporaries"] + parts["program"])
+  xla_flops, bytes_accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+  compute_s = xla_flops / chip.peak_flops
+  memory_s = bytes_accessed / chip.hbm_bytes_per_s if chip.hbm_bytes_per_s else 0.0
+  return {"need_per_chip_bytes": int(need), "need_parts": parts, "fits": need <= chip.hbm_bytes,
+          "xla_flops_per_chip": xla_flops, "xla_bytes_per_chip": bytes_accessed,
+          "roofline_step_s": max(compute_s, memory_s),
+          "roofline_bound": "compute" if compute_s >= memory_s else "memory"}
+
+
+def build(config: ml_collections.ConfigDict, tpu: topology_lib.Slice) -> trainer.Engine:
+  """The trainer's Engine for ``config`` over ``tpu``'s devices, its Task built for its shapes alone."""
   task = task_lib.get_task(config.task)(config, shapes_only=True)
   mesh = sharding_lib.make_mesh(tuple(config.mesh.shape), tpu.devices)
-  engine = trainer.Engine.create(config, task=task, mesh=mesh)
+  return trainer.Engine.create(config, task=task, mesh=mesh)
+
+
+def compile_train_step(config: ml_collections.ConfigDict, tpu: topology_lib.Slice, *, stage: str,
+                       options: Options = Options(), engine: trainer.Engine | None = None) -> dict[str, Any]:
+  """The record of ``config``'s training step compiled for ``tpu`` (see the module docstring)."""
+  started = time.perf_counter()
+  engine = engine or build(config, tpu)
+  task, mesh = engine.task, engine.mesh
   chip = tpu.chip
   parts = {
       "params": _shard_bytes(engine.abstract_state["params"]),
@@ -182,32 +225,13 @@ def compile_train_step(config: ml_collections.ConfigDict, tpu: topology_lib.Slic
       "micro_batches": int(config.train.micro_batches), "mesh": dict(mesh.shape),
       "hbm_per_chip_bytes": int(chip.hbm_bytes), "host_cores": tpu.host_cores,
   }
-  try:
-    compiled = engine.compile()
-  except Exception as e:  # pylint: disable=broad-except
-    need = _out_of_hbm(e, chip.hbm_bytes)
-    if need is None:
-      raise
-    # XLA refuses to compile a program that exceeds the chip's HBM: it does not fit. Its error
-    # gives the total; what the state and batch do not take is temporaries and program.
-    need = max(need, sum(parts.values()))
-    parts.update(temporaries=need - sum(parts.values()), program=0)
-    record.update(need_per_chip_bytes=need, need_parts=parts, fits=False,
-                  compile_s=time.perf_counter() - started, xla_error=" ".join(str(e).split())[:300])
-    for key in ("xla_flops_per_chip", "xla_bytes_per_chip", "model_flops_per_step", "roofline_step_s",
-                "collectives", "collective_s", "input_frames_per_s_per_host", "host_cores_needed"):
-      record[key] = None
+  compiled = _compile_or_record_oom(engine.compile, record, parts, chip, started)
+  if compiled is None:
     record["advice"] = advice(record, config)
     return record
   compile_s = time.perf_counter() - started
-  stats = compiled.memory_analysis()
-  cost = _cost(compiled)
-  parts.update(temporaries=int(stats.temp_size_in_bytes), program=int(stats.generated_code_size_in_bytes))
-  # XLA's total: arguments + outputs not aliased to (donated) arguments + temporaries + code.
-  need = (int(stats.argument_size_in_bytes) + int(stats.output_size_in_bytes)
-          - int(stats.alias_size_in_bytes) + parts["temporaries"] + parts["program"])
-  labels = engine.labels
-  trainable = jax.tree_util.tree_map(lambda l: l != optim_lib.FROZEN, labels)
+  record.update(_memory_and_roofline(compiled, parts, chip))
+  trainable = jax.tree_util.tree_map(lambda l: l != optim_lib.FROZEN, engine.labels)
   abstract_params = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                                            engine.abstract_state["params"])
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in engine.abstract_batch.items()}
@@ -215,31 +239,19 @@ def compile_train_step(config: ml_collections.ConfigDict, tpu: topology_lib.Slic
     model = flops_lib.matmul_flops(
         lambda p, b: task.loss_fn(p, b, jax.random.PRNGKey(0), train=True)[0],
         (abstract_params, abstract_batch), (trainable, jax.tree_util.tree_map(lambda _: False, abstract_batch)))
-  xla_flops = float(cost.get("flops", 0.0))
-  bytes_accessed = float(cost.get("bytes accessed", 0.0))
-  compute_s = xla_flops / chip.peak_flops
-  memory_s = bytes_accessed / chip.hbm_bytes_per_s if chip.hbm_bytes_per_s else 0.0
-  roofline_s = max(compute_s, memory_s)
+  roofline_s = record["roofline_step_s"]
   collectives = hlo_lib.collectives(compiled.as_text(), tpu.chips)
-  collective_s = (sum(c["wire_bytes"] for c in collectives.values()) / chip.ici_bytes_per_s
-                  if chip.ici_bytes_per_s else None)
   examples = task.example_shapes()
   frames = int(examples["frames"].shape[0]) if "frames" in examples else 0
   frames_per_host_s = (frames * config.train.batch_size / tpu.hosts / roofline_s) if roofline_s else 0.0
   record.update({
-      "need_per_chip_bytes": int(need),
-      "need_parts": parts,
-      "fits": need <= chip.hbm_bytes,
-      "xla_flops_per_chip": xla_flops,
-      "xla_bytes_per_chip": bytes_accessed,
       "model_flops_per_step": model.total,
       "model_flops_forward": model.forward,
-      "xla_over_model_flops": (xla_flops * tpu.chips / model.total) if model.total else None,
-      "roofline_step_s": roofline_s,
-      "roofline_bound": "compute" if compute_s >= memory_s else "memory",
+      "xla_over_model_flops": (record["xla_flops_per_chip"] * tpu.chips / model.total) if model.total else None,
       "mfu_at_roofline": (model.total / tpu.chips / chip.peak_flops / roofline_s) if roofline_s else None,
       "collectives": collectives,
-      "collective_s": collective_s,
+      "collective_s": (sum(c["wire_bytes"] for c in collectives.values()) / chip.ici_bytes_per_s
+                       if chip.ici_bytes_per_s else None),
       "input_frames_per_s_per_host": frames_per_host_s,
       "host_cores_needed": frames_per_host_s / options.decode_frames_per_core_s,
       "compile_s": compile_s,
@@ -264,6 +276,65 @@ def _out_of_hbm(error: Exception, hbm: float) -> int | None:
     if m:
       return int(float(m.group(1)) * _UNITS[m.group(2)])
   return int(hbm) + 1  # more than there is, by an amount XLA did not say
+
+
+def compile_eval_steps(engine: trainer.Engine, tpu: topology_lib.Slice, *, stage: str,
+                       options: Options = Options()) -> list[dict[str, Any]]:
+  """Records of the Task's evaluation programs, each compiled for one chip of ``tpu`` (every host
+  evaluates its share of the examples on one of its devices, with the parameters gathered there)."""
+  records = []
+  device = tpu.devices[0]
+  one = jax.sharding.SingleDeviceSharding(device)
+  params = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one),
+                                  engine.abstract_state["params"])
+  chip = tpu.chip
+  for name, step in engine.task.eval_steps().items():
+    batch = {k: jax.ShapeDtypeStruct((step.batch_size,) + tuple(v.shape), v.dtype, sharding=one)
+             for k, v in step.example_shapes.items()}
+    started = time.perf_counter()
+    record = {"stage": stage, "topology": tpu.name, "chips": 1, "slices": 1, "hosts": 1,
+              "device_kind": tpu.device_kind, "step": name, "what": step.what,
+              "global_batch": step.batch_size, "micro_batches": 1, "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
+              "hbm_per_chip_bytes": int(chip.hbm_bytes), "host_cores": tpu.host_cores}
+    parts = {"params": _shard_bytes(params), "optimizer_state": 0, "batch": _shard_bytes(batch)}
+    def compile_eval(fn=step.fn, batch=batch):
+      with engine.context():
+        return jax.jit(fn).lower(params, batch).compile()
+
+    compiled = _compile_or_record_oom(compile_eval, record, parts, chip, started)
+    if compiled is None:
+      record["advice"] = (f"evaluation holds the whole model on one chip: lower its batch "
+                          f"({step.batch_size} examples) or the model's size")
+      records.append(record)
+      continue
+    record.update(_memory_and_roofline(compiled, parts, chip))
+    abstract = lambda tree: jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)  # noqa: E731
+    with engine.context():
+      model = flops_lib.matmul_flops(step.fn, (abstract(params), abstract(batch)),
+                                     (jax.tree_util.tree_map(lambda _: False, params),
+                                      jax.tree_util.tree_map(lambda _: False, batch)))
+    roofline_s = record["roofline_step_s"]
+    frames = int(step.example_shapes["frames"].shape[0]) if "frames" in step.example_shapes else 0
+    chips_per_host = max(1, tpu.chips // tpu.hosts)
+    per_host = frames * step.batch_size * chips_per_host / roofline_s if roofline_s else 0.0
+    record.update({
+        # a decoding loop's trips are not in the program: its matmuls are not counted (None)
+        "model_flops_per_step": None if model.uncounted_loops else model.total,
+        "model_flops_forward": model.forward,
+        "xla_over_model_flops": (None if model.uncounted_loops or not model.total
+                                 else record["xla_flops_per_chip"] / model.total),
+        "mfu_at_roofline": (None if model.uncounted_loops or not roofline_s
+                            else model.total / chip.peak_flops / roofline_s),
+        "collectives": {}, "collective_s": 0.0,
+        # every chip of a host evaluating its own batches at the roofline
+        "input_frames_per_s_per_host": per_host,
+        "host_cores_needed": per_host / options.decode_frames_per_core_s,
+        "compile_s": time.perf_counter() - started,
+    })
+    record["advice"] = "" if record["fits"] else (f"evaluation holds the whole model on one chip: lower its "
+                                                  f"batch ({step.batch_size} examples)")
+    records.append(record)
+  return records
 
 
 def _with_batch(config: ml_collections.ConfigDict, batch: int) -> ml_collections.ConfigDict:
@@ -319,8 +390,10 @@ def search_batch(config: ml_collections.ConfigDict, tpu: topology_lib.Slice, *, 
 
 
 def compile_config(config: ml_collections.ConfigDict, topologies: Sequence[str], *,
-                   search: str = "", options: Options = Options(), log=print) -> list[dict[str, Any]]:
-  """Records of every training stage of ``config`` compiled for every slice in ``topologies``."""
+                   search: str = "", steps: Sequence[str] = ("train", "eval"), options: Options = Options(),
+                   log=print) -> list[dict[str, Any]]:
+  """Records of every training stage of ``config`` compiled for every slice in ``topologies``:
+  its training step and (with ``'eval'`` in ``steps``) its evaluation programs."""
   config_lib.validate(config)
   records = []
   with tempfile.TemporaryDirectory(prefix="t5video-compile-") as scratch:
@@ -335,11 +408,14 @@ def compile_config(config: ml_collections.ConfigDict, topologies: Sequence[str],
       for name, stage_config in named:
         log(f"compiling {name} for {spec} ({tpu.chips} x {tpu.device_kind}, {tpu.hosts} host"
             f"{'s' * (tpu.hosts > 1)}) ...")
-        if search == "batch":
-          record = search_batch(stage_config, tpu, stage=name, options=options, log=log)
-        else:
-          record = compile_train_step(stage_config, tpu, stage=name, options=options)
-        records.append(record)
+        engine = build(stage_config, tpu)
+        if "train" in steps:
+          if search == "batch":
+            records.append(search_batch(stage_config, tpu, stage=name, options=options, log=log))
+          else:
+            records.append(compile_train_step(stage_config, tpu, stage=name, options=options, engine=engine))
+        if "eval" in steps:
+          records.extend(compile_eval_steps(engine, tpu, stage=name, options=options))
   return records
 
 

@@ -10,8 +10,9 @@ checkpoints and the loop.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import importlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 
@@ -27,6 +28,21 @@ TASKS: dict[str, str] = {
     "r2tuning": "t5video.recipes.r2tuning.task:R2TuningTask",
     "distill": "t5video.recipes.distill.task:DistillTask",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalStep:
+  """One of a recipe's evaluation programs, for ``t5video compile``.
+
+  ``fn(params, batch)`` is pure and jittable and is what evaluation runs on one
+  device of each host (each host scores its share of the examples with the
+  parameters gathered to it: :mod:`t5video.evaluate.hosts`), on batches of
+  ``batch_size`` examples shaped as ``example_shapes``.
+  """
+  fn: Callable
+  example_shapes: dict
+  batch_size: int
+  what: str
 
 
 class Task(abc.ABC):
@@ -162,6 +178,11 @@ class Task(abc.ABC):
   def evaluate(self, params: Params, *, step: int, workdir: str) -> dict[str, float]:
     """Host-side evaluation; returns scalar metrics. Default: no evaluation."""
     del params, step, workdir
+    return {}
+
+  def eval_steps(self) -> dict[str, EvalStep]:
+    """The recipe's evaluation programs by name (e.g. ``{'eval': beam search}``), built from the
+    config alone as :meth:`example_shapes` is; ``t5video compile`` compiles each. Default: none."""
     return {}
 
   def flops_per_example(self) -> float | None:

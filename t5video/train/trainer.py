@@ -1,6 +1,6 @@
 """The trainer: one readable loop that every recipe runs on.
 
-Read top to bottom: config → mesh → model and optimizer → shard → step →
+Read top to bottom: config → mesh → model and optimizer → shard → step (:mod:`t5video.train.step`) →
 checkpoint → eval → loop. A recipe supplies a :class:`~t5video.train.task.Task`;
 ``train(config, workdir)`` does the rest:
 
@@ -48,6 +48,7 @@ from t5video.train import memory as memory_lib
 from t5video.train import optim as optim_lib
 from t5video.train import paths
 from t5video.train import sharding as sharding_lib
+from t5video.train import step as step_lib
 from t5video.train import task as task_lib
 from t5video.train import workdir as workdir_lib
 
@@ -309,81 +310,14 @@ class Engine:
   # -- the step ----------------------------------------------------------------
 
   def _build_step(self):
-    config, task, tx = self.config, self.task, self.tx
-    micro = config.train.micro_batches
-    compute_dtype = DTYPES[config.train.dtype]
-    max_nonfinite = config.train.max_nonfinite
-    seed = config.seed + 1
-    labels = self.labels
-    param_shardings = self.state_shardings["params"]
-    micro_shardings = {
-        k: NamedSharding(self.mesh, PartitionSpec(None, *s.spec))
-        for k, s in self.batch_shardings.items()}
-
-    def loss_on(params, batch, rng):
-      # Frozen params get no gradient at all (saves their weight-gradient work).
-      params = jax.tree_util.tree_map(
-          lambda p, l: jax.lax.stop_gradient(p) if l == optim_lib.FROZEN else p, params, labels)
-      if compute_dtype != jnp.float32:
-        params = optim_lib.cast_floating(params, compute_dtype)  # fp32 master weights stay outside
-      loss, metrics = task.loss_fn(params, batch, rng, train=True)
-      return loss.astype(jnp.float32), {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-
-    grad_fn = jax.value_and_grad(loss_on, has_aux=True)
-
-    def train_step(state, batch):
-      params = state["params"]
-      rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])  # traced: no device constant
-      if micro == 1:
-        (loss, metrics), grads = grad_fn(params, batch, jax.random.fold_in(rng, 0))
-      else:
-        def split(x):
-          b = x.shape[0]
-          # Strided split keeps every micro-batch spread over all data shards.
-          x = x.reshape((b // micro, micro) + x.shape[1:])  # [batch/micro, micro, ...]
-          return jnp.swapaxes(x, 0, 1)  # [micro, batch/micro, ...]
-        micro_batches = {k: jax.lax.with_sharding_constraint(split(v), micro_shardings[k])
-                         for k, v in batch.items()}
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-
-        def body(carry, xs):
-          g_sum, l_sum, m_sum = carry
-          mb, i = xs
-          (l, m), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
-          g_sum = jax.lax.with_sharding_constraint(
-              jax.tree_util.tree_map(jnp.add, g_sum, g), param_shardings)
-          m_sum = jax.tree_util.tree_map(jnp.add, m_sum, m)
-          return (g_sum, l_sum + l, m_sum), None
-
-        _, metric_shapes = jax.eval_shape(loss_on, params, jax.tree_util.tree_map(
-            lambda v: v[0], micro_batches), rng)
-        m0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
-        (grads, loss, metrics), _ = jax.lax.scan(
-            body, (zeros, jnp.zeros((), jnp.float32), m0), (micro_batches, jnp.arange(micro)))
-        grads = jax.tree_util.tree_map(lambda g: g / micro, grads)
-        loss = loss / micro
-        metrics = jax.tree_util.tree_map(lambda m: m / micro, metrics)
-
-      grad_norm = optax.tree.norm(grads)
-      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-      apply = finite & ~state["stopped"]
-      updates, new_opt = tx.update(grads, state["opt_state"], params)
-      new_params = optax.apply_updates(params, updates)
-      keep = lambda new, old: jnp.where(apply, new, old)  # noqa: E731
-      streak = jnp.where(finite, 0, state["nonfinite_streak"] + 1)
-      new_state = {
-          "params": jax.tree_util.tree_map(keep, new_params, params),
-          "opt_state": jax.tree_util.tree_map(keep, new_opt, state["opt_state"]),
-          "step": state["step"] + 1,
-          "nonfinite_streak": streak,
-          "nonfinite_total": state["nonfinite_total"] + (~finite).astype(jnp.int32),
-          "stopped": state["stopped"] | (streak >= max_nonfinite),
-      }
-      out = {"loss": loss, **metrics, "grad_norm": grad_norm,
-             "learning_rate": self.schedule(state["step"]),
-             "skipped": (~apply).astype(jnp.int32)}
-      return new_state, out
-
+    config = self.config
+    train_step = step_lib.make_train_step(
+        self.task.loss_fn, self.tx, self.labels, self.schedule,
+        micro_batches=config.train.micro_batches, compute_dtype=DTYPES[config.train.dtype],
+        max_nonfinite=config.train.max_nonfinite, seed=config.seed + 1,
+        param_shardings=self.state_shardings["params"],
+        micro_shardings={k: NamedSharding(self.mesh, PartitionSpec(None, *s.spec))
+                         for k, s in self.batch_shardings.items()})
     rep = sharding_lib.replicated(self.mesh)
     return jax.jit(train_step,
                    in_shardings=(self.state_shardings, self.batch_shardings),

@@ -18,21 +18,33 @@ from t5video.data import thoughts as thoughts_lib
 from t5video.data.records import VideoRecord
 from t5video.evaluate import decoding
 from t5video.models import t5 as t5_lib
-from t5video.models.captiont5 import CaptionT5
+from t5video.models.captiont5 import CaptionT5, visual_inputs
 from t5video.train import memory
+from t5video.train import task as task_lib
 
 
 class PredictMixin:
   """CaptionT5Task's prediction side (its ``model``, ``tokenizer``, ``config``, ``class_names``)."""
 
+  @property
+  def eos_id(self) -> int:
+    """The tokenizer's end-of-sequence id (the T5 config's, for a Task built for its shapes alone)."""
+    return int(self.model_config.t5.eos_token_id) if self.shapes_only else self.tokenizer.eos_id
+
+  @property
+  def token_vocab_size(self) -> int:
+    """Ids the tokenizer produces (the embedding table may be padded past them)."""
+    return int(self.model_config.t5.vocab_size) if self.shapes_only else self.tokenizer.vocab_size
+
   @functools.cached_property
-  def _jitted(self):
+  def _programs(self) -> dict:
+    """The pure programs of inference: encode, greedy, beam, sample, rank (not jitted)."""
     model, ev = self.model, self.config.eval
     max_len = self.config.text.max_target_len
 
     def encode(params, visual, frame_mask, input_ids, attention_mask):
       return model.apply({"params": params}, input_ids, attention_mask,
-                         **self.visual_inputs(visual), frame_mask=frame_mask,
+                         **visual_inputs(visual), frame_mask=frame_mask,
                          method=CaptionT5.encode)
 
     def make_step(params):
@@ -42,7 +54,7 @@ class PredictMixin:
             decode=True, method=CaptionT5.decode, mutable=["cache"])
         logits = logits[:, -1, :]  # [b, padded vocab]
         # Ids past the tokenizer's vocabulary (padding of the embedding table) are never produced.
-        real = jnp.arange(logits.shape[-1]) < self.tokenizer.vocab_size
+        real = jnp.arange(logits.shape[-1]) < self.token_vocab_size
         return jnp.where(real, logits, -1e9), {**cache, "t5": mut["cache"]["t5"]}
       return step_fn
 
@@ -53,23 +65,23 @@ class PredictMixin:
     def greedy(params, hidden, mask):
       res = decoding.greedy_search(make_step(params), init_cache(hidden, mask),
                                    batch_size=hidden.shape[0], max_len=max_len,
-                                   start_id=0, eos_id=self.tokenizer.eos_id)
+                                   start_id=0, eos_id=self.eos_id)
       return res.tokens, res.scores
 
     def beam(params, hidden, mask, beam_size):
       res = decoding.beam_search(make_step(params), init_cache(hidden, mask),
                                  batch_size=hidden.shape[0], beam_size=beam_size,
-                                 max_len=max_len, start_id=0, eos_id=self.tokenizer.eos_id,
+                                 max_len=max_len, start_id=0, eos_id=self.eos_id,
                                  length_penalty=ev.length_penalty)
       return res.tokens, res.scores
 
     def sample(params, hidden, mask, rng, num_samples, top_p, temperature):
       res = decoding.sample(make_step(params), init_cache(hidden, mask), rng,
                             batch_size=hidden.shape[0], num_samples=num_samples, max_len=max_len,
-                            start_id=0, eos_id=self.tokenizer.eos_id, top_p=top_p,
+                            start_id=0, eos_id=self.eos_id, top_p=top_p,
                             temperature=temperature)
       # Length-normalised like beam search's scores, so the two rank alike.
-      lengths = decoding.sequence_lengths(res.tokens, self.tokenizer.eos_id)  # [b, n]
+      lengths = decoding.sequence_lengths(res.tokens, self.eos_id)  # [b, n]
       return res.tokens, res.scores / decoding.gnmt_length_penalty(lengths, ev.length_penalty)
 
     def rank(params, hidden, mask, cand_ids, cand_mask):
@@ -89,14 +101,49 @@ class PredictMixin:
       # [b * c] -> [b, c]
       return (tok * tmask).sum(-1).reshape(b, c)
 
+    return {"encode": encode, "greedy": greedy, "beam": beam, "sample": sample, "rank": rank}
+
+  @functools.cached_property
+  def _jitted(self):
+    p = self._programs
+
     # Each program is checked against free memory before it first runs (one line if it cannot fit).
-    def checked(fn, what, static_argnums=()):
-      return memory.FitChecked(jax.jit(fn, static_argnums=static_argnums), self.config,
+    def checked(name, what, static_argnums=()):
+      return memory.FitChecked(jax.jit(p[name], static_argnums=static_argnums), self.config,
                                what=f"evaluation's {what}", static_argnums=static_argnums)
 
-    return {"encode": checked(encode, "encoder"), "greedy": checked(greedy, "greedy decoder"),
-            "beam": checked(beam, "beam search", 3),
-            "sample": checked(sample, "sampler", (4, 5, 6)), "rank": checked(rank, "rank classifier")}
+    return {"encode": checked("encode", "encoder"), "greedy": checked("greedy", "greedy decoder"),
+            "beam": checked("beam", "beam search", 3),
+            "sample": checked("sample", "sampler", (4, 5, 6)), "rank": checked("rank", "rank classifier")}
+
+  def eval_steps(self) -> dict[str, task_lib.EvalStep]:
+    """Evaluation's caption program (encode, then beam search or greedy decoding) and the sampler
+    that draws pseudo-captions or re-ranking candidates (``eval.rerank`` / ``pseudo`` settings)."""
+    p, ev, rr = self._programs, self.config.eval, self.config.eval.rerank
+    visual_key = "features" if self.features_shape else "frames"
+    shapes = {k: v for k, v in self.example_shapes().items()
+              if k in (visual_key, "frame_mask", "input_ids", "attention_mask")}
+    beams = int(ev.beam_size)
+
+    def encode(params, batch):
+      return p["encode"](params, {visual_key: batch[visual_key]}, batch["frame_mask"], batch["input_ids"],
+                         batch["attention_mask"])
+
+    def caption(params, batch):
+      hidden, mask = encode(params, batch)
+      return p["beam"](params, hidden, mask, beams) if beams > 1 else p["greedy"](params, hidden, mask)
+
+    num_samples = max(1, int(rr.candidates) or 4)
+
+    def sample(params, batch):
+      hidden, mask = encode(params, batch)
+      return p["sample"](params, hidden, mask, jax.random.PRNGKey(0), num_samples, float(rr.top_p),
+                         float(rr.temperature))
+
+    size = int(ev.batch_size)
+    return {"eval": task_lib.EvalStep(caption, shapes, size, f"{'beam search' if beams > 1 else 'greedy'} "
+                                      f"captions ({beams} beam{'s' * (beams > 1)})"),
+            "sample": task_lib.EvalStep(sample, shapes, size, f"{num_samples} nucleus samples per clip")}
 
   def _encoder_inputs(self, batch: dict, task: str, drafts: Optional[list[str]] = None,
                       concepts: Optional[list] = None):

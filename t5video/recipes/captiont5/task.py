@@ -18,7 +18,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from t5video import config as config_lib
 from t5video.data import decode as decode_lib
@@ -27,10 +26,9 @@ from t5video.data import thoughts as thoughts_lib
 from t5video.data.frame_cache import FrameCache
 from t5video.data.records import fraction_subset
 from t5video.evaluate import controls as controls_lib
-from t5video.models import clip as clip_lib
 from t5video.models import hf
 from t5video.models import peft
-from t5video.models.captiont5 import CaptionT5
+from t5video.models.captiont5 import CaptionT5, caption_loss
 from t5video.recipes.captiont5 import config as cfg
 from t5video.recipes.captiont5 import data as data_lib
 from t5video.recipes.captiont5 import drafts as drafts_lib
@@ -302,12 +300,6 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     return dict(pixel_values=jnp.zeros((batch, d.num_frames, d.size, d.size, 3), jnp.float32),
                 frame_mask=jnp.ones((batch, d.num_frames), jnp.int32))
 
-  def visual_inputs(self, batch) -> dict:
-    """The model's visual keyword arguments from a batch: pixels or cached features."""
-    if "features" in batch:
-      return dict(features=jnp.asarray(batch["features"], jnp.float32))
-    return dict(pixel_values=clip_lib.clip_preprocess(batch["frames"]))
-
   def init_params(self, rng):
     return self.model.init({"params": rng, "dropout": rng}, **self._dummy())["params"]
 
@@ -403,29 +395,9 @@ class CaptionT5Task(EvalMixin, PredictMixin, data_lib.DataMixin, task_lib.Task):
     return pipeline.KeyFilterIterator(it, list(self.batch_spec()))
 
   def loss_fn(self, params, batch, rng, *, train: bool):
-    out = self.model.apply(
-        {"params": params}, batch["input_ids"], batch["attention_mask"],
-        batch["decoder_input_ids"], batch["decoder_mask"],
-        **self.visual_inputs(batch), frame_mask=batch["frame_mask"],
-        deterministic=not train, rngs={"dropout": rng})
-    logits = out.logits  # [b, l, vocab] float32
-    ls = self.config.loss.label_smoothing
-    vocab = logits.shape[-1]
-    onehot = jax.nn.one_hot(batch["decoder_target"], vocab)
-    if ls:
-      onehot = onehot * (1 - ls) + ls / vocab
-    tok_loss = optax.softmax_cross_entropy(logits, onehot)  # [b, l]
-    mask = batch["decoder_mask"].astype(jnp.float32) * batch["weight"][:, None]
-    denom = jnp.maximum(mask.sum(), 1.0)
-    loss = (tok_loss * mask).sum() / denom
-    acc = ((logits.argmax(-1) == batch["decoder_target"]) * mask).sum() / denom
-    metrics = {"token_accuracy": acc}
-    for name, tid in data_lib.TASK_IDS.items():
-      if not self.config.tasks.get(name, 0.0):
-        continue  # a task that does not train
-      tm = mask * (batch["task_id"] == tid)[:, None]
-      metrics[f"loss_{name}"] = (tok_loss * tm).sum() / jnp.maximum(tm.sum(), 1.0)
-    return loss, metrics
+    trained = {name: tid for name, tid in data_lib.TASK_IDS.items() if self.config.tasks.get(name, 0.0)}
+    return caption_loss(self.model, params, batch, rng, train=train,
+                        label_smoothing=self.config.loss.label_smoothing, task_ids=trained)
 
   def has_pretrained(self, init_from) -> bool:
     m = self.config.model

@@ -24,14 +24,26 @@ from t5video.recipes.r2tuning import data as data_lib
 _BATCH_KEYS = ("video", "video_mask", "query", "query_mask")
 
 
-@functools.lru_cache(maxsize=8)
-def _forward_fn(model, fps: float, strides: tuple[int, ...], max_moments: int,
-                highlight_only: bool = False):
+def inference(model, fps: float, strides: tuple[int, ...], max_moments: int, highlight_only: bool = False):
+  """The pure inference program: ``(params, video, video_mask, query, query_mask)`` -> moments, saliency."""
   def forward(params, video, video_mask, query, query_mask):
     out = model.apply({"params": params}, video, video_mask, query, query_mask, deterministic=True)
     return (losses.predict_moments(out, video_mask, fps, strides, max_moments),
             losses.predict_saliency(out, video_mask, strides, with_cosine=not highlight_only))
-  return jax.jit(forward)
+  return forward
+
+
+def task_inference(task):
+  """:func:`inference` with ``task``'s settings."""
+  c = task.model_config
+  return inference(task.model, float(task.config.data.fps), tuple(c.strides), int(c.max_moments),
+                   bool(c.highlight_only))
+
+
+@functools.lru_cache(maxsize=8)
+def _forward_fn(model, fps: float, strides: tuple[int, ...], max_moments: int,
+                highlight_only: bool = False):
+  return jax.jit(inference(model, fps, strides, max_moments, highlight_only))
 
 
 def forward(task, params, batch: dict) -> tuple[np.ndarray, np.ndarray]:

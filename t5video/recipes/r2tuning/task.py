@@ -171,6 +171,15 @@ class R2TuningTask(task_lib.Task):
             "pos_clip": shape((), jnp.int32),
             "valid": shape((), jnp.bool_)}
 
+  def eval_steps(self) -> dict[str, task_lib.EvalStep]:
+    """Evaluation's program: moments and saliency of a batch of queries (cached features)."""
+    from t5video.recipes.r2tuning import predict  # pylint: disable=g-import-not-at-top
+    keys = ("video", "video_mask", "query", "query_mask")
+    program = predict.task_inference(self)
+    shapes = {k: v for k, v in self.example_shapes().items() if k in keys}
+    return {"eval": task_lib.EvalStep(lambda params, batch: program(params, *(batch[k] for k in keys)),
+                                      shapes, int(self.config.eval.batch_size), "moments and saliency")}
+
   def train_loader(self, *, seed: int, process_index: int, process_count: int,
                    batch_size: int) -> Iterator[dict]:
     from t5video.data import pipeline  # pylint: disable=g-import-not-at-top

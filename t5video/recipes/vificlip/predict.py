@@ -27,6 +27,16 @@ from t5video.train import memory
 from t5video.train import paths
 
 
+EMBED_BATCH = 16  # views embedded per call of the video encoder
+
+
+def video_embeddings(model, params, frames, frame_mask):
+  """uint8 frames ``[B, T, H, W, 3]`` -> L2-normalised video embeddings ``[B, P]`` (pure)."""
+  video, _ = model.apply({"params": params}, clip_lib.clip_preprocess(frames), frame_mask,
+                         method=vifi.ViFiCLIP.encode_video)
+  return vifi.l2_normalize(video)
+
+
 class Predictor:
   """Embeddings and class scores of a :class:`ViFiCLIPTask`'s model (``task.predictor``)."""
 
@@ -42,11 +52,8 @@ class Predictor:
 
   @functools.cached_property
   def _encode_video_fn(self):
-    def f(params, frames, frame_mask):
-      video, _ = self.model.apply({"params": params}, clip_lib.clip_preprocess(frames), frame_mask,
-                                  method=vifi.ViFiCLIP.encode_video)
-      return vifi.l2_normalize(video)
-    return memory.FitChecked(jax.jit(f), self.config, what="evaluation's video encoder")
+    return memory.FitChecked(jax.jit(functools.partial(video_embeddings, self.model)), self.config,
+                             what="evaluation's video encoder")
 
   @functools.cached_property
   def _encode_text_fn(self):
@@ -59,7 +66,7 @@ class Predictor:
     return jax.jit(lambda params: self.model.apply({"params": params}, method=vifi.ViFiCLIP.scale))
 
   def embed_frames(self, params, frames: np.ndarray, frame_mask: Optional[np.ndarray] = None,
-                   batch_size: int = 16) -> np.ndarray:
+                   batch_size: int = EMBED_BATCH) -> np.ndarray:
     """uint8 ``[N, T, H, W, 3]`` -> normalised video embeddings ``[N, P]`` (in batches)."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 5:

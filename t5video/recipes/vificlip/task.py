@@ -249,6 +249,17 @@ class ViFiCLIPTask(task_lib.Task):
       out["caption_ids"] = out["caption_mask"] = shape((self.text_len,), jnp.int32)
     return out
 
+  def eval_steps(self) -> dict[str, task_lib.EvalStep]:
+    """Evaluation's program: video embeddings of a chunk of views (the class and caption
+    embeddings are computed once per evaluation)."""
+    from t5video.recipes.vificlip import predict  # pylint: disable=g-import-not-at-top
+    shapes = {k: v for k, v in self.example_shapes().items() if k in ("frames", "frame_mask")}
+
+    def embed(params, batch):
+      return predict.video_embeddings(self.model, params, batch["frames"], batch["frame_mask"])
+
+    return {"eval": task_lib.EvalStep(embed, shapes, predict.EMBED_BATCH, "video embeddings")}
+
   def train_records(self) -> list[VideoRecord]:
     """The training split without novel classes (and K-shot sampled when ``data.k_shot``)."""
     d = self.config.data
