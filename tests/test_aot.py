@@ -55,10 +55,11 @@ def _mlp_loss(p, x):
   return jnp.mean((h @ p["w2"]) ** 2)
 
 
-def test_model_flops_of_a_pure_matmul_model_equal_xlas_count():
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_model_flops_of_a_pure_matmul_model_equal_xlas_count(dtype):
   b, d, h, o = 512, 1024, 4096, 512
-  p = {"w1": jax.ShapeDtypeStruct((d, h), jnp.float32), "w2": jax.ShapeDtypeStruct((h, o), jnp.float32)}
-  x = jax.ShapeDtypeStruct((b, d), jnp.float32)
+  p = {"w1": jax.ShapeDtypeStruct((d, h), dtype), "w2": jax.ShapeDtypeStruct((h, o), dtype)}
+  x = jax.ShapeDtypeStruct((b, d), dtype)
   counted = flops.matmul_flops(_mlp_loss, (p, x), ({"w1": True, "w2": True}, False))
   # Forward 2BDH + 2BHO; backward: both weight gradients, and the activation gradient of the second
   # layer only (the input x needs none).

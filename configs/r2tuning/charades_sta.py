@@ -20,7 +20,9 @@ epoch 20), non-maximum suppression at IoU 0.7 at inference; R1 at IoU 0.3 / 0.5 
 mIoU (the ``r2tuning`` protocol of :mod:`t5video.evaluate.grounding`). Charades-STA has no
 per-clip saliency: the saliency targets come from the windows and no HD metric is reported.
 
-Hardware: one 16 GB accelerator; feature extraction (about 9.8k videos of ~30 s, one frame
+Hardware: one 16 GB TPU v5e chip (v5e-1) with 2 micro-batches of 64 (the global batch stays 128):
+11.2 GiB per chip, a roofline step of 110 ms (memory-bound); in one batch of 128 it needs 16.1
+GiB (``t5video compile --config configs/r2tuning/charades_sta.py``, docs/tpu.md). Feature extraction (about 9.8k videos of ~30 s, one frame
 per second, every token of the last 4 layers in float16: ~4.6 MB per video, ~45 GB) is
 decoding-bound and takes hours of CPU; shard it over hosts with ``t5video extract-features``
 or let the first ``t5video train`` do it. Not practical on a CPU: use
@@ -51,4 +53,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.protocol = "r2tuning"
   c.eval.nms = "normal:0.7"
   c.eval.batch_size = 32
+  c.train.micro_batches = 2  # 128 at once needs 16.1 GiB per chip: more than a 16 GB v5e chip has
   return c

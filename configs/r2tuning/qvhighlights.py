@@ -26,9 +26,11 @@ rate ×0.1 at epoch 20; the engine's schedules are cosine / linear / rsqrt / con
 config uses cosine to 0 (a difference from the paper). Evaluation: the val split with
 moment_detr's metrics, the blank-video and other-video controls and the centre baseline.
 
-Hardware: one accelerator with 16 GB (an A100 or a TPU v4 chip: the step is small; the
-input pipeline reads ~3 GB of features per batch of 128, so use ``data.worker_count`` and a
-fast local disk). Extraction at ViT-B/32 is dominated by decoding (several hours of CPU for
+Hardware: one 16 GB TPU v5e chip (v5e-1) with 2 micro-batches of 64 (the global batch stays 128):
+11.2 GiB per chip, a roofline step of 110 ms (memory-bound); in one batch of 128 it needs 16.1
+GiB (``t5video compile --config configs/r2tuning/qvhighlights.py``, docs/tpu.md). The input
+pipeline reads ~3 GB of features per batch of 128, so use ``data.worker_count`` and a fast local
+disk. Extraction at ViT-B/32 is dominated by decoding (several hours of CPU for
 the 10k videos; run ``t5video train`` once to extract, or shard ``t5video extract-features``
 over hosts). On a CPU this is not practical: use configs/r2tuning/synthetic.py there.
 """
@@ -56,4 +58,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.resize_short = 224
   c.eval.split = "val"
   c.eval.batch_size = 32
+  c.train.micro_batches = 2  # 128 at once needs 16.1 GiB per chip: more than a 16 GB v5e chip has
   return c
