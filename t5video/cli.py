@@ -264,15 +264,17 @@ def restore_task(config, workdir: str):
 def cmd_eval(argv: Sequence[str]) -> int:
   config, fv = _parse_config_flags(argv, "eval", config_required=False)
   from t5video.train import task as task_lib
-  task_lib.get_task(config.task).prepare_eval_data(config)
-  task, params = restore_task(config, fv.workdir)
-  if fv.split:
-    with config.unlocked():
-      config.data.eval_split = fv.split
-  metrics = task.evaluate(params, step=-1, workdir=fv.workdir)
-  if fv.robustness and hasattr(task, "robustness"):
-    curves = task.robustness(params, workdir=fv.workdir)
-    metrics["robustness"] = curves
+  from t5video.train import workdir as workdir_lib
+  with workdir_lib.writer_lock(fv.workdir, "evaluation"):  # it writes eval_metrics.json and samples
+    task_lib.get_task(config.task).prepare_eval_data(config)
+    task, params = restore_task(config, fv.workdir)
+    if fv.split:
+      with config.unlocked():
+        config.data.eval_split = fv.split
+    metrics = task.evaluate(params, step=-1, workdir=fv.workdir)
+    if fv.robustness and hasattr(task, "robustness"):
+      curves = task.robustness(params, workdir=fv.workdir)
+      metrics["robustness"] = curves
   print(json.dumps(metrics, indent=2, default=float))
   return 0
 

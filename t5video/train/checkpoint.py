@@ -8,15 +8,21 @@ Layout of ``WORKDIR/checkpoints/<step>/``:
   ``config/``  the run's config as JSON, for the record.
 
 Orbax writes each step into a temporary directory and renames it when complete,
-so a process killed mid-write leaves the previous checkpoint as the latest.
+so a process killed mid-write leaves the previous checkpoint as the latest. A
+complete checkpoint damaged later (a truncated or missing array file) is passed
+over: resuming, ``eval`` and ``caption`` restore the newest one that reads back,
+saying which they skipped, and stop with one line naming them when none does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import re
-from typing import Any
+import sys
+from typing import Any, Callable, Optional, Sequence
 
 import grain
 import jax
@@ -27,6 +33,73 @@ from orbax.checkpoint import checkpoint_managers as preservation_lib
 
 from t5video.train import optim as optim_lib
 from t5video.train import paths
+
+
+class DamagedCheckpointError(RuntimeError):
+  """No checkpoint of a run reads back."""
+
+
+def _one_line(error: BaseException) -> str:
+  text = " ".join(str(error).split(" See full TensorStore details")[0].split())
+  return f"{type(error).__name__}: {text[:200]}{' ...' if len(text) > 200 else ''}"
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads():
+  """Orbax reads arrays in concurrent coroutines; when one fails, the others are dropped and
+  Python prints each one's exception as 'Exception ignored in <coroutine>' (a page of
+  TensorStore specs). The failure itself is reported; those echoes are not."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    gc.collect()  # finalise the dropped coroutines while their echoes are silenced
+    sys.unraisablehook = previous
+
+
+def _ignore_closed_loop_echoes() -> None:
+  """After a failed read, Orbax's abandoned reads may still try to wake their (closed) event loop
+  when collected later: a cascade of 'RuntimeError: Event loop is closed' tracebacks. Drop those
+  echoes only; every other unraisable exception reaches the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "t5video_closed_loop_filter", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.t5video_closed_loop_filter = True
+  sys.unraisablehook = hook
+
+
+def restore_newest_good(candidates: Sequence[tuple[int, str]], restore: Callable[[int], Any], *,
+                        what: str, set_aside: Optional[Callable[[int, str], str]] = None) -> tuple[int, Any]:
+  """``(step, restore(step))`` of the newest of ``candidates`` (``(step, directory)``, newest
+  first) that reads back; each damaged one skipped with a line on stderr (and, with
+  ``set_aside(step, directory) -> new path``, moved out of the way of the steps to come).
+
+  Raises:
+    DamagedCheckpointError: none reads back (the line names each and its error).
+  """
+  damaged = []
+  for step, directory in candidates:
+    try:
+      with _quiet_abandoned_reads():
+        result = restore(step)
+    except Exception as e:  # pylint: disable=broad-except  (tensorstore raises plain Exceptions)
+      _ignore_closed_loop_echoes()
+      moved = f", moved to {set_aside(step, directory)}" if set_aside else ""
+      damaged.append(f"{directory} ({_one_line(e)}{moved})")
+      continue
+    if damaged:
+      print(f"t5video: {what}: skipped damaged checkpoint{'s' * (len(damaged) > 1)} {'; '.join(damaged)}; "
+            f"restored {directory}", file=sys.stderr, flush=True)
+    return step, result
+  raise DamagedCheckpointError(f"{what}: no checkpoint reads back: {'; '.join(damaged) or 'none found'}")
 
 
 class Checkpointer:
@@ -121,6 +194,27 @@ class Checkpointer:
     restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
     return restored.state
 
+  def restore_latest_good(self, abstract_state, *, data_iter=None) -> tuple[int, Any]:
+    """``(step, state)`` of the newest checkpoint that reads back (see :func:`restore_newest_good`);
+    a damaged one is renamed ``damaged-<step>`` (kept, but no longer a step the run will write)."""
+    steps = sorted(self.all_steps(), reverse=True)
+
+    def set_aside(step, directory):
+      target = paths.join(self.directory, f"damaged-{step}")
+      if paths.exists(target):
+        paths.rmtree(target)
+      if paths.is_remote(directory):  # buckets have no rename
+        paths.copytree(directory, target)
+        paths.rmtree(directory)
+      else:
+        os.replace(directory, target)
+      self.manager.reload()
+      return target
+
+    return restore_newest_good([(s, paths.join(self.directory, str(s))) for s in steps],
+                               lambda s: self.restore(s, abstract_state, data_iter=data_iter),
+                               what=f"resuming from {self.directory}", set_aside=set_aside)
+
   def wait(self) -> None:
     """Blocks until any asynchronous save has finished."""
     self.manager.wait_until_finished()
@@ -140,22 +234,25 @@ def _config_to_json(config) -> dict:
   return json.loads(json.dumps(config, default=repr))
 
 
-def _find_state_dir(path: str) -> str:
-  """Finds the params-holding PyTree directory below a workdir / manager / step dir."""
+def _state_dirs(path: str) -> list[tuple[int, str]]:
+  """``(step, params-holding PyTree directory)`` below a workdir / manager / step dir, newest
+  first (one entry, step -1, for a step or bare PyTree directory)."""
   from etils import epath
   p = epath.Path(paths.normalize(path))
   if not p.is_dir():
     raise FileNotFoundError(f"{path!r} is not a directory (a t5video workdir or checkpoint)")
   if (p / "checkpoints").is_dir():
     p = p / "checkpoints"
-  steps = [int(d.name) for d in p.iterdir() if d.name.isdigit() and d.is_dir()]
-  if steps:
-    p = p / str(max(steps))
-  elif p.name == "checkpoints":
+  steps = sorted((int(d.name) for d in p.iterdir() if d.name.isdigit() and d.is_dir()), reverse=True)
+  if not steps and p.name == "checkpoints":
     raise FileNotFoundError(f"{p}: no finished checkpoint")
-  if (p / "state").is_dir():
-    p = p / "state"
-  return str(p)
+  found = [(s, p / str(s)) for s in steps] or [(-1, p)]
+  return [(s, str(d / "state") if (d / "state").is_dir() else str(d)) for s, d in found]
+
+
+def _find_state_dir(path: str) -> str:
+  """The newest params-holding PyTree directory below a workdir / manager / step dir."""
+  return _state_dirs(path)[0][1]
 
 
 def restore_params(path: str, abstract_params):
@@ -167,18 +264,24 @@ def restore_params(path: str, abstract_params):
     abstract_params: a tree of ``jax.ShapeDtypeStruct`` (e.g. ``jax.eval_shape`` of
       the unboxed init) giving the structure and dtypes.
   """
-  directory = _find_state_dir(path)
-  checkpointer = ocp.PyTreeCheckpointer()
-  meta = checkpointer.metadata(directory)
-  tree = getattr(meta, "item_metadata", meta)
-  tree = getattr(tree, "tree", tree)
-  as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract_params)
-  item = {"params": as_numpy} if isinstance(tree, dict) and "params" in tree else as_numpy
-  restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
-      item=item, restore_args=item, partial_restore=True))
-  if "params" in item:
-    restored = restored["params"]
-  return jax.tree_util.tree_map(lambda x, a: np.asarray(x, a.dtype), restored, abstract_params)
+  candidates = _state_dirs(path)
+  directories = dict(candidates)
+
+  def restore(step):
+    directory = directories[step]
+    checkpointer = ocp.PyTreeCheckpointer()
+    meta = checkpointer.metadata(directory)
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract_params)
+    item = {"params": as_numpy} if isinstance(tree, dict) and "params" in tree else as_numpy
+    restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=item, partial_restore=True))
+    if "params" in item:
+      restored = restored["params"]
+    return jax.tree_util.tree_map(lambda x, a: np.asarray(x, a.dtype), restored, abstract_params)
+
+  return restore_newest_good(candidates, restore, what=f"restoring {path}")[1]
 
 
 def load_params_by_regex(params, path: str, regex: str = ".*"):

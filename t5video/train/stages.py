@@ -111,13 +111,22 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Prepares and trains ``config`` in ``workdir`` after its stages (see the module docstring).
+  """Prepares and trains ``config`` in ``workdir`` after its stages (see the module docstring),
+  holding the workdir for this one writer (:func:`t5video.train.workdir.writer_lock`).
 
   Returns:
     ``trainer.train``'s result of the last run started (a preempted stage's
     result, with ``'stage'`` naming it, when the run stopped there).
+
+  Raises:
+    WorkdirBusyError: another process is writing ``workdir``.
   """
   workdir = paths.normalize(workdir)
+  with workdir_lib.writer_lock(workdir, "training"):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   config = prepare(config, workdir)
   for stage in config.get("stages", ()) or ():
     stage = _plain(stage)
@@ -129,7 +138,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if stage.get("run"):
       result = dict(stage_function(stage["run"])(stage_config(stage, parent=config), sub) or {})
     else:
-      result = train(stage_config(stage, parent=config), sub)
+      result = _train(stage_config(stage, parent=config), sub)
     preempted = distributed.agree(bool(result.get("preempted")), rule="any")
     if preempted or not workdir_lib.is_done(sub):
       return {**result, "preempted": True, "stage": stage["name"]}

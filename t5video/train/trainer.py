@@ -467,11 +467,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       best_metric=t.best_metric, best_mode=t.best_mode)
   latest = ckpt.latest_step()
   if latest is not None:
+    with engine.context():  # the newest checkpoint that reads back (a damaged one is skipped)
+      latest, state = ckpt.restore_latest_good(engine.abstract_state, data_iter=data_iter)
     logging.info("resuming from %s/checkpoints/%d", workdir, latest)
     if is_main:
       print(f"resuming from step {latest}", flush=True)
-    with engine.context():
-      state = ckpt.restore(latest, engine.abstract_state, data_iter=data_iter)
   elif engine.task.has_pretrained(config.init_from):
     logging.info("initialising from pretrained weights (init_from.path %r, regex %r)",
                  config.init_from.path, config.init_from.regex)
